@@ -1,0 +1,73 @@
+"""Argument checks shared by every optimizer, layer and schedule.
+
+Each check raises ``ValueError`` whose message names the argument, the
+allowed range and the value received, e.g.
+``beta_1 must be in [0, 1), got beta_1=1.0``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_real(name: str, value: Any) -> float:
+    """Require a finite real number (not a bool) and return it as a float."""
+    if not _is_real(value):
+        raise ValueError(f"{name} must be a real number, got {name}={value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}")
+    return float(value)
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Require ``low <= value <= high`` (bounds optional, each open or closed)."""
+    number = check_real(name, value)
+    too_low = low is not None and (number < low if low_inclusive else number <= low)
+    too_high = high is not None and (
+        number > high if high_inclusive else number >= high
+    )
+    if too_low or too_high:
+        left = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
+        right = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
+        raise ValueError(f"{name} must be in {left}, {right}, got {name}={value!r}")
+    return number
+
+
+def check_non_negative(name: str, value: Any) -> float:
+    return check_range(name, value, low=0.0)
+
+
+def check_positive(name: str, value: Any) -> float:
+    return check_range(name, value, low=0.0, low_inclusive=False)
+
+
+def check_decay_rate(name: str, value: Any) -> float:
+    """A moving-average coefficient: ``0 <= value < 1``."""
+    return check_range(name, value, low=0.0, high=1.0, high_inclusive=False)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """An interpolation weight: ``0 <= value <= 1``."""
+    return check_range(name, value, low=0.0, high=1.0)
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    return int(value)

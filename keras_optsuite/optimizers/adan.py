@@ -1,0 +1,91 @@
+"""Adan: adaptive Nesterov momentum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_optsuite._validation import check_decay_rate, check_non_negative
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
+
+
+@keras.saving.register_keras_serializable(package="keras_optsuite")
+class Adan(OptsuiteOptimizer):
+    """Adan (adaptive Nesterov momentum).
+
+    Xie et al., 2022, "Adan: Adaptive Nesterov Momentum Algorithm for Faster
+    Optimizing Deep Models", https://arxiv.org/abs/2208.06677 (Algorithm 1).
+
+    Adan estimates Nesterov momentum without the extra gradient evaluation
+    at an extrapolated point, using the gradient difference
+    ``g_t - g_{t-1}`` as the look-ahead correction.
+
+    Coefficients follow the Keras convention (decay of the old value): the
+    paper's ``beta_1, beta_2, beta_3 = 0.02, 0.08, 0.01`` are
+    ``beta_1=0.98, beta_2=0.92, beta_3=0.99`` here. With ``t`` the 1-based
+    step and ``d = g_t - g_{t-1}`` (``0`` at the first step):
+    ``m = beta_1 m + (1 - beta_1) g``, ``v = beta_2 v + (1 - beta_2) d``,
+    ``n = beta_3 n + (1 - beta_3) (g + beta_2 d)^2``,
+    ``w -= lr (m_hat + beta_2 v_hat) / (sqrt(n_hat) + epsilon)``,
+    where ``x_hat`` divides by ``1 - beta^t`` (bias correction, as in the
+    authors' implementation). Weight decay is Keras's decoupled decay
+    ``w -= lr * weight_decay * w`` applied before the step, which agrees with
+    the paper's proximal ``w / (1 + lr * weight_decay)`` to first order.
+
+    Args:
+        learning_rate: float, schedule or callable. Defaults to `0.001`.
+        beta_1: decay of the gradient average, in [0, 1). Defaults to `0.98`.
+        beta_2: decay of the gradient-difference average, in [0, 1).
+            Defaults to `0.92`.
+        beta_3: decay of the second-moment average, in [0, 1). Defaults to `0.99`.
+        epsilon: added to the denominator, >= 0. Defaults to `1e-8`.
+        {{base_optimizer_keyword_args}}
+
+    Example:
+    >>> model.compile(optimizer=keras_optsuite.optimizers.Adan(1e-3), loss="mse")
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: float = 0.98,
+        beta_2: float = 0.92,
+        beta_3: float = 0.99,
+        epsilon: float = 1e-8,
+        name: str = "adan",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1 = check_decay_rate("beta_1", beta_1)
+        self.beta_2 = check_decay_rate("beta_2", beta_2)
+        self.beta_3 = check_decay_rate("beta_3", beta_3)
+        self.epsilon = check_non_negative("epsilon", epsilon)
+
+    def _slot_names(self) -> tuple[str, ...]:
+        return ("momentum", "difference", "velocity", "previous_gradient")
+
+    def _update_variable(self, gradient, variable, learning_rate, t):
+        m = self._slot("momentum", variable)
+        v = self._slot("difference", variable)
+        n = self._slot("velocity", variable)
+        previous = self._slot("previous_gradient", variable)
+        difference = ops.where(
+            self._is_first_step(), ops.zeros_like(gradient), gradient - previous
+        )
+        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
+        self.assign(v, self.beta_2 * v + (1.0 - self.beta_2) * difference)
+        self.assign(
+            n,
+            self.beta_3 * n
+            + (1.0 - self.beta_3) * ops.square(gradient + self.beta_2 * difference),
+        )
+        m_hat = m / (1.0 - power(self.beta_1, t))
+        v_hat = v / (1.0 - power(self.beta_2, t))
+        n_hat = n / (1.0 - power(self.beta_3, t))
+        self.assign_sub(
+            variable,
+            learning_rate * (m_hat + self.beta_2 * v_hat) / (ops.sqrt(n_hat) + self.epsilon),
+        )
+        self.assign(previous, gradient)

@@ -1,0 +1,103 @@
+"""RAdam: Adam with a rectified adaptive learning rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_optsuite._validation import check_decay_rate, check_non_negative, check_range
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
+
+
+def rectified_direction(
+    m_hat: Any, second_moment: Any, t: Any, beta_2: float, epsilon: float, sma_threshold: float
+) -> Any:
+    """RAdam's step direction (Liu et al. 2019, Algorithm 2).
+
+    ``second_moment`` is the *uncorrected* second-moment average. While the
+    length of the approximated simple moving average ``rho_t`` is at most
+    ``sma_threshold`` the variance of the adaptive rate is intractable and
+    the step is SGD with momentum (``m_hat``); afterwards it is the
+    adaptive step scaled by the rectification term ``r_t``.
+    """
+    beta_2_power = power(beta_2, t)
+    rho_inf = 2.0 / (1.0 - beta_2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta_2_power / (1.0 - beta_2_power)
+    # Clamped so the unused branch stays finite (no NaN under XLA or in grads).
+    safe_rho_t = ops.maximum(rho_t, 4.0 + 1e-3)
+    r_t = ops.sqrt(
+        (safe_rho_t - 4.0) * (safe_rho_t - 2.0) * rho_inf
+        / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe_rho_t)
+    )
+    v_hat = second_moment / (1.0 - beta_2_power)
+    adaptive = r_t * m_hat / (ops.sqrt(v_hat) + epsilon)
+    return ops.where(rho_t > sma_threshold, adaptive, m_hat)
+
+
+@keras.saving.register_keras_serializable(package="keras_optsuite")
+class RAdam(OptsuiteOptimizer):
+    """Rectified Adam (RAdam).
+
+    Liu et al., 2019, "On the Variance of the Adaptive Learning Rate and
+    Beyond", https://arxiv.org/abs/1908.03265 (Algorithm 2).
+
+    Adam's adaptive learning rate has a large variance in the first steps,
+    when the second-moment average has seen few gradients. RAdam multiplies
+    the Adam step by a rectification term ``r_t`` derived from the length
+    ``rho_t`` of the approximated simple moving average, and while
+    ``rho_t <= sma_threshold`` it takes a bias-corrected SGD-with-momentum
+    step instead (the paper's "degenerate to SGD" variant, which is the
+    default here and in the authors' code; the paper states the switch at
+    ``rho_t > 4``, the authors' code and TensorFlow Addons use 5).
+
+    Update, with ``t`` the 1-based step:
+    ``m = beta_1 m + (1 - beta_1) g``, ``v = beta_2 v + (1 - beta_2) g^2``,
+    ``m_hat = m / (1 - beta_1^t)``;
+    if ``rho_t > sma_threshold``:
+    ``w -= lr r_t m_hat / (sqrt(v / (1 - beta_2^t)) + epsilon)``,
+    else ``w -= lr m_hat``.
+
+    Args:
+        learning_rate: float, schedule or callable. Defaults to `0.001`.
+        beta_1: decay of the first-moment average, in [0, 1). Defaults to `0.9`.
+        beta_2: decay of the second-moment average, in [0, 1). Defaults to `0.999`.
+        epsilon: added to the denominator, >= 0. Defaults to `1e-7`.
+        sma_threshold: the rectified step is used once ``rho_t`` exceeds this,
+            > 4. Defaults to `5.0`.
+        {{base_optimizer_keyword_args}}
+
+    Example:
+    >>> model.compile(optimizer=keras_optsuite.optimizers.RAdam(1e-3), loss="mse")
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        sma_threshold: float = 5.0,
+        name: str = "radam",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1 = check_decay_rate("beta_1", beta_1)
+        self.beta_2 = check_decay_rate("beta_2", beta_2)
+        self.epsilon = check_non_negative("epsilon", epsilon)
+        self.sma_threshold = check_range("sma_threshold", sma_threshold, low=4.0, low_inclusive=False)
+
+    def _slot_names(self) -> tuple[str, ...]:
+        return ("momentum", "velocity")
+
+    def _update_variable(self, gradient, variable, learning_rate, t):
+        m = self._slot("momentum", variable)
+        v = self._slot("velocity", variable)
+        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
+        self.assign(v, self.beta_2 * v + (1.0 - self.beta_2) * ops.square(gradient))
+        m_hat = m / (1.0 - power(self.beta_1, t))
+        direction = rectified_direction(
+            m_hat, v, t, self.beta_2, self.epsilon, self.sma_threshold
+        )
+        self.assign_sub(variable, learning_rate * direction)

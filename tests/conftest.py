@@ -1,0 +1,55 @@
+"""Test-session setup: two logical CPU devices, quiet TensorFlow, shared data.
+
+TensorFlow must see the logical-device split before it initializes, so it
+happens here, at import time, once per test process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs in two pytest-xdist processes on two cores: one op thread
+# each keeps them from fighting over the cores.
+os.environ.setdefault("OPTSUITE_TEST_THREADS", "1")
+
+sys.path.insert(0, os.path.dirname(__file__))  # for `import references.<name>`
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_threads = int(os.environ["OPTSUITE_TEST_THREADS"])
+tf.config.threading.set_intra_op_parallelism_threads(_threads)
+tf.config.threading.set_inter_op_parallelism_threads(_threads)
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import keras  # noqa: E402
+
+LOGICAL_CPUS = ["/cpu:0", "/cpu:1"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Every test starts from float32, no mixed precision, fixed seeds."""
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled 8x8 digits: features in [0, 1], integer labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    y = data.target.astype("int32")
+    return x, y

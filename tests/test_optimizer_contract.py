@@ -1,0 +1,404 @@
+"""The contract every registered optimizer honours.
+
+One table (``keras_optsuite.optimizers.REGISTRY``) lists the optimizers; every
+test here runs on every row. A new optimizer joins by adding its registry
+row and its NumPy reference update in ``tests/references/``: no new test
+code.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LOGICAL_CPUS
+
+from keras_optsuite.optimizers import REGISTRY
+
+SPECS = list(REGISTRY.values())
+by_name = pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+
+# Exactly representable in float32, so the learning rate Keras keeps in a
+# float32 variable is the same number the float64 reference uses.
+EXACT_LR = 2.0**-5
+STEPS = 30
+
+
+def _variant_cases():
+    for spec in SPECS:
+        yield pytest.param(spec, {}, id=f"{spec.name}-defaults")
+        tuned = {k: v for k, v in spec.tuned.items() if k != "learning_rate"}
+        if tuned:
+            yield pytest.param(spec, tuned, id=f"{spec.name}-tuned")
+        for i, variant in enumerate(spec.variants):
+            yield pytest.param(spec, variant, id=f"{spec.name}-variant{i}")
+
+
+def _quadratic_problem(seed: int = 0):
+    """Two parameters (a matrix and a bias-like vector) of a noisy quadratic.
+
+    The gradient at step t is ``curvature * (x - target) + noise[t]``: it
+    depends on the trajectory, so an update rule that is wrong at step k
+    changes every later gradient.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = [(4, 3), (3,)]
+    init = [rng.normal(size=s) for s in shapes]
+    target = [rng.normal(size=s) for s in shapes]
+    curvature = [rng.uniform(0.5, 4.0, size=s) for s in shapes]
+    noise = [[0.1 * rng.normal(size=s) for s in shapes] for _ in range(STEPS)]
+
+    def gradient(values, step):
+        return [c * (x - tgt) + n for x, tgt, c, n in zip(values, target, curvature, noise[step])]
+
+    return init, gradient
+
+
+def _dense_model(seed=0, hidden=16, outputs=10, inputs=64):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(outputs),
+        ]
+    )
+
+
+def _same_weights(model, reference_model):
+    model.set_weights(reference_model.get_weights())
+    return model
+
+
+def _assert_weights_close(a, b, rtol, atol):
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+# ---------------------------------------------------------------------------
+# Numerics: the implementation follows the paper's update rule.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("spec,hyper", list(_variant_cases()))
+def test_30_steps_match_the_papers_update_rule_in_float64(spec, hyper):
+    reference = importlib.import_module(f"references.{spec.reference}")
+    init, gradient = _quadratic_problem()
+
+    variables = [keras.Variable(x, dtype="float64") for x in init]
+    optimizer = spec.cls(learning_rate=EXACT_LR, **hyper)
+
+    expected = [np.array(x) for x in init]
+    states = [reference.init_state(x, **hyper) for x in expected]
+
+    for step in range(STEPS):
+        grads = gradient([v.numpy() for v in variables], step)
+        optimizer.apply([tf.constant(g) for g in grads], variables)
+
+        ref_grads = gradient(expected, step)
+        expected = [
+            reference.update(x, g, s, step + 1, EXACT_LR, **hyper)
+            for x, g, s in zip(expected, ref_grads, states)
+        ]
+        for variable, want in zip(variables, expected):
+            np.testing.assert_allclose(
+                variable.numpy(), want, rtol=1e-9, atol=1e-12,
+                err_msg=f"{spec.name}{hyper} diverges from the paper at step {step + 1}",
+            )
+    # The trajectory really moved: the comparison is not between two copies of init.
+    assert max(np.abs(v.numpy() - x).max() for v, x in zip(variables, init)) > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# Convergence.
+# ---------------------------------------------------------------------------
+@by_name
+def test_reduces_a_convex_quadratic(spec):
+    rng = np.random.default_rng(1)
+    curvature = tf.constant(rng.uniform(1.0, 10.0, size=20), tf.float32)
+    target = tf.constant(rng.uniform(-0.5, 0.5, size=20), tf.float32)
+    x = keras.Variable(np.zeros(20, "float32"))
+
+    def loss():
+        return 0.5 * tf.reduce_sum(curvature * tf.square(x - target))
+
+    optimizer = spec.create()
+    initial = float(loss())
+    for _ in range(300):
+        with tf.GradientTape() as tape:
+            value = loss()
+        optimizer.apply(tape.gradient(value, [x]), [x])
+    # AdEMAMix's slow average (half-life ~7000 steps) overshoots on a
+    # noiseless quadratic, so the bar is a 4x reduction, not convergence.
+    assert float(loss()) < 0.25 * initial
+
+
+@by_name
+@pytest.mark.slow
+def test_fits_digits_logistic_regression_to_90_percent(spec, digits):
+    x, y = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    model.compile(optimizer=spec.create(), loss=LOSS, metrics=["accuracy"])
+    model.fit(x, y, batch_size=64, epochs=20, verbose=0)
+    _, accuracy = model.evaluate(x, y, verbose=0)
+    assert accuracy >= 0.90
+
+
+# ---------------------------------------------------------------------------
+# Serialization.
+# ---------------------------------------------------------------------------
+@by_name
+def test_config_round_trip_and_registered_string_name(spec, digits):
+    optimizer = spec.create(weight_decay=0.0625)
+    config = optimizer.get_config()
+    rebuilt = spec.cls.from_config(copy.deepcopy(config))
+    assert rebuilt.get_config() == config
+
+    x, y = digits
+    model = _dense_model()
+    model.compile(optimizer=spec.registered_name, loss=LOSS)
+    assert type(model.optimizer) is spec.cls
+    before = model.get_weights()
+    # Two steps: ADOPT's first step only initializes its second moment.
+    model.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0)
+    assert any(not np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
+
+
+@by_name
+def test_save_load_keeps_state_and_resumed_training_matches(spec, digits, tmp_path):
+    x, y = digits
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 320, 32)]
+
+    uninterrupted = _dense_model()
+    uninterrupted.compile(optimizer=spec.create(), loss=LOSS)
+    for xb, yb in batches:
+        uninterrupted.train_on_batch(xb, yb)
+
+    model = _dense_model()
+    model.compile(optimizer=spec.create(), loss=LOSS)
+    for xb, yb in batches[:5]:
+        model.train_on_batch(xb, yb)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert type(loaded.optimizer) is spec.cls
+    assert int(loaded.optimizer.iterations) == 5
+    saved_state = [v.numpy() for v in model.optimizer.variables]
+    loaded_state = [v.numpy() for v in loaded.optimizer.variables]
+    assert len(saved_state) == len(loaded_state)
+    for a, b in zip(saved_state, loaded_state):
+        np.testing.assert_array_equal(a, b)
+
+    for xb, yb in batches[5:]:
+        loaded.train_on_batch(xb, yb)
+    _assert_weights_close(loaded, uninterrupted, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Base-class options: schedules, decoupled weight decay, clipping.
+# ---------------------------------------------------------------------------
+@by_name
+def test_learning_rate_schedule_is_read_at_every_step(spec):
+    """A schedule gives the same trajectory as setting its value by hand."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        EXACT_LR, decay_steps=1, decay_rate=0.5
+    )
+    init, gradient = _quadratic_problem()
+    scheduled = spec.cls(learning_rate=schedule)
+    manual = spec.cls(learning_rate=EXACT_LR)
+    a = [keras.Variable(v, dtype="float64") for v in init]
+    b = [keras.Variable(v, dtype="float64") for v in init]
+    for step in range(8):
+        manual.learning_rate = EXACT_LR * 0.5**step
+        scheduled.apply([tf.constant(g) for g in gradient([v.numpy() for v in a], step)], a)
+        manual.apply([tf.constant(g) for g in gradient([v.numpy() for v in b], step)], b)
+        for va, vb in zip(a, b):
+            np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-12, atol=1e-15)
+    assert float(scheduled.learning_rate) == pytest.approx(EXACT_LR * 0.5**8)
+    config = scheduled.get_config()
+    assert config["learning_rate"]["class_name"] == "ExponentialDecay"
+    assert spec.cls.from_config(copy.deepcopy(config)).get_config() == config
+
+
+@by_name
+def test_weight_decay_is_decoupled_and_applied_once(spec):
+    """With a zero gradient the only change is ``w <- w (1 - lr * weight_decay)``."""
+    lr, decay = 2.0**-4, 2.0**-3
+    w0 = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    w = keras.Variable(w0, dtype="float64")
+    optimizer = spec.cls(learning_rate=lr, weight_decay=decay)
+    optimizer.apply([tf.zeros_like(w0)], [w])
+    np.testing.assert_allclose(w.numpy(), w0 * (1.0 - lr * decay), rtol=1e-12)
+
+
+@by_name
+@pytest.mark.parametrize("clip_arg", ["clipnorm", "global_clipnorm"])
+def test_norm_clipping_equals_stepping_on_the_clipped_gradient(spec, clip_arg):
+    init, gradient = _quadratic_problem()
+    limit = 0.25
+    clipped = spec.create(**{clip_arg: limit})
+    unclipped = spec.create()
+    assert clipped.get_config()[clip_arg] == limit
+    a = [keras.Variable(v, dtype="float64") for v in init]
+    b = [keras.Variable(v, dtype="float64") for v in init]
+    for step in range(5):
+        grads = [100.0 * g for g in gradient([v.numpy() for v in a], step)]
+        clipped.apply([tf.constant(g) for g in grads], a)
+        if clip_arg == "clipnorm":  # each tensor separately
+            by_hand = [g * min(1.0, limit / np.linalg.norm(g)) for g in grads]
+        else:  # all tensors together
+            norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+            by_hand = [g * min(1.0, limit / norm) for g in grads]
+        unclipped.apply([tf.constant(g) for g in by_hand], b)
+        for va, vb in zip(a, b):
+            np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@by_name
+def test_clipvalue_is_accepted(spec):
+    optimizer = spec.create(clipvalue=0.5)
+    w = keras.Variable(np.zeros(3), dtype="float64")
+    optimizer.apply([tf.constant([100.0, -100.0, 0.25], tf.float64)], [w])
+    assert np.all(np.isfinite(w.numpy()))
+    assert spec.cls.from_config(optimizer.get_config()).clipvalue == 0.5
+
+
+# ---------------------------------------------------------------------------
+# Precision, compilation, sparse gradients, distribution.
+# ---------------------------------------------------------------------------
+@by_name
+@pytest.mark.slow
+def test_mixed_float16_trains_without_nan(spec, digits):
+    x, y = digits
+    keras.config.set_dtype_policy("mixed_float16")
+    model = _dense_model()
+    model.compile(optimizer=spec.create(), loss=LOSS)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer.inner_optimizer, spec.cls)
+    history = model.fit(x, y, batch_size=128, epochs=3, verbose=0).history["loss"]
+    assert all(np.isfinite(history))
+    assert history[-1] < history[0]
+    for weight in model.get_weights():
+        assert np.all(np.isfinite(weight))
+
+
+@by_name
+@pytest.mark.slow
+def test_jit_compile_matches_eager_graph_training(spec, digits):
+    x, y = digits
+    reference = _dense_model()
+    models = {}
+    for jit in (False, True):
+        model = _same_weights(_dense_model(), reference)
+        model.compile(optimizer=spec.create(), loss=LOSS, jit_compile=jit)
+        model.fit(x[:512], y[:512], batch_size=64, epochs=2, shuffle=False, verbose=0)
+        models[jit] = model
+    _assert_weights_close(models[True], models[False], rtol=1e-4, atol=1e-5)
+    moved = max(np.abs(a - b).max() for a, b in zip(models[True].get_weights(), reference.get_weights()))
+    assert moved > 1e-3
+
+
+@by_name
+def test_sparse_embedding_gradients_match_their_dense_equivalent(spec):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=(8, 16, 5))
+    targets = rng.normal(size=(8, 16, 1)).astype("float32")
+
+    def make():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential(
+            [
+                keras.Input((5,), dtype="int32"),
+                keras.layers.Embedding(50, 4),
+                keras.layers.GlobalAveragePooling1D(),
+                keras.layers.Dense(1),
+            ]
+        )
+
+    sparse_model, dense_model = make(), make()
+    sparse_opt, dense_opt = spec.create(), spec.create()
+    saw_sparse = False
+    for xb, yb in zip(tokens, targets):
+        for model, optimizer, densify in ((sparse_model, sparse_opt, False), (dense_model, dense_opt, True)):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(xb) - yb))
+            grads = tape.gradient(loss, model.trainable_variables)
+            if densify:
+                grads = [tf.convert_to_tensor(g) for g in grads]
+            else:
+                saw_sparse |= isinstance(grads[0], tf.IndexedSlices)
+            optimizer.apply(grads, model.trainable_variables)
+    assert saw_sparse, "the Embedding gradient should arrive as IndexedSlices"
+    _assert_weights_close(sparse_model, dense_model, rtol=1e-6, atol=1e-7)
+
+
+@by_name
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_devices_matches_one_device(spec, digits):
+    """Tolerance: rtol 1e-4, atol 1e-5 after 16 steps (summation order differs)."""
+    x, y = digits[0][:512], digits[1][:512]
+    single = _dense_model()
+    initial = single.get_weights()
+    single.compile(optimizer=spec.create(), loss=LOSS)
+    single.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+
+    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        mirrored = _dense_model()
+        mirrored.set_weights(initial)
+        mirrored.compile(optimizer=spec.create(), loss=LOSS)
+    mirrored.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+
+    assert mirrored.optimizer.iterations.numpy() == single.optimizer.iterations.numpy() == 16
+    _assert_weights_close(mirrored, single, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Argument validation.
+# ---------------------------------------------------------------------------
+def _invalid_arguments(spec):
+    """Out-of-range values for every argument the constructor has, by naming rule."""
+    params = set(inspect.signature(spec.cls.__init__).parameters)
+    rules = {
+        "learning_rate": [-0.01, float("nan")],
+        "epsilon": [-1e-8],
+        "weight_decay": [-0.1],
+        "clipnorm": [0.0, -1.0],
+        "global_clipnorm": [-1.0],
+        "momentum": [-0.1, 1.0, 1.5],
+        "nu": [-0.1, 1.5],
+        "nu_1": [1.5],
+        "nu_2": [-0.5],
+        "betas": [(), (0.5, 1.0), "0.9"],
+        "initial_accumulator_value": [-1.0],
+        "alpha": [-1.0],
+        "clip_exponent": [0.0],
+        "sma_threshold": [3.0],
+        "alpha_warmup_steps": [0, 2.5],
+        "beta_3_warmup_steps": [-3],
+    }
+    for name in sorted(params):
+        if name.startswith("beta_"):
+            values = [-0.1, 1.0, 1.5, "0.9"]
+        else:
+            values = rules.get(name, [])
+        for value in values:
+            yield name, value
+
+
+@by_name
+def test_invalid_hyperparameters_raise_value_error_naming_the_argument(spec):
+    cases = list(_invalid_arguments(spec))
+    assert any(name.startswith("beta") or name in ("momentum", "nu") for name, _ in cases)
+    for name, value in cases:
+        with pytest.raises(ValueError, match=name.split("[")[0]):
+            spec.cls(**{name: value})
