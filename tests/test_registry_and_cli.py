@@ -1,0 +1,102 @@
+"""The registry is complete and consistent; the command line and demo work."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+import keras_optsuite
+from keras_optsuite import optimizers
+from keras_optsuite.optimizers import REGISTRY, OptsuiteOptimizer, get_spec
+
+REFERENCES = Path(__file__).parent / "references"
+
+
+def test_every_shipped_optimizer_class_is_in_the_registry():
+    shipped = {
+        obj for _, obj in inspect.getmembers(optimizers, inspect.isclass)
+        if issubclass(obj, OptsuiteOptimizer) and obj is not OptsuiteOptimizer
+    }
+    assert shipped == {spec.cls for spec in REGISTRY.values()}
+    assert len(REGISTRY) >= 12
+
+
+@pytest.mark.parametrize("spec", REGISTRY.values(), ids=list(REGISTRY))
+def test_registry_row_is_complete(spec):
+    assert spec.registered_name == f"keras_optsuite>{spec.name}"
+    assert keras.saving.get_registered_object(spec.registered_name) is spec.cls
+    assert (REFERENCES / f"{spec.reference}.py").is_file()
+    assert spec.url.startswith("https://") and spec.paper
+    doc = spec.cls.__doc__
+    assert spec.url in doc, "the docstring cites the paper"
+    assert "{{" not in doc, "the shared-arguments placeholder was filled in"
+    for argument in spec.defaults:
+        assert f"{argument}:" in doc, f"the docstring documents {argument}"
+    assert set(spec.tuned) <= set(spec.defaults)
+    for variant in spec.variants:
+        assert set(variant) <= set(spec.defaults)
+
+
+def test_get_spec_accepts_names_and_reports_unknown_ones():
+    assert get_spec("radam") is get_spec("keras_optsuite>RAdam") is REGISTRY["RAdam"]
+    with pytest.raises(ValueError, match="name='Radamm'"):
+        get_spec("Radamm")
+
+
+def test_learning_rate_accepts_ints_and_numpy_scalars():
+    import numpy as np
+
+    assert float(optimizers.RAdam(learning_rate=1).learning_rate) == 1.0
+    assert float(optimizers.RAdam(learning_rate=np.float32(0.5)).learning_rate) == 0.5
+
+
+def _optsuite(*args, cwd=None):
+    exe = Path(sys.executable).with_name("optsuite")
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_cli_version_help_and_list():
+    assert _optsuite("--version").stdout.strip() == f"optsuite {keras_optsuite.__version__}"
+    help_text = _optsuite("--help").stdout
+    assert "demo" in help_text and "list" in help_text
+    listing = _optsuite("list")
+    assert listing.returncode == 0
+    for spec in REGISTRY.values():
+        assert spec.registered_name in listing.stdout
+
+
+@pytest.mark.slow
+def test_demo_trains_every_requested_optimizer_and_writes_its_report(tmp_path):
+    result = _optsuite(
+        "demo", "--optimizers", "adam", "RAdam", "Signum", "--epochs", "3",
+        "--learning-rate", "0", "--output-dir", str(tmp_path / "out"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[3/3] training with Signum" in result.stdout
+    assert str((tmp_path / "out" / "results.json").resolve()) in result.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results) == {"adam", "RAdam", "Signum"}
+    for name, row in results.items():
+        assert row["val_accuracy"] > 0.5, name  # ten classes: chance is 0.1
+    # learning rate 0 means "each optimizer's tuned value"
+    assert results["Signum"]["optimizer_config"]["learning_rate"] == pytest.approx(
+        REGISTRY["Signum"].tuned["learning_rate"]
+    )
+    history = (tmp_path / "out" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3 * 3
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_rejects_an_unknown_optimizer_by_name(tmp_path):
+    result = _optsuite("demo", "--optimizers", "Nope", "--output-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "name='Nope'" in result.stderr
+    assert not (tmp_path / "results.json").exists()
