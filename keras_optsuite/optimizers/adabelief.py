@@ -43,7 +43,7 @@ class AdaBelief(OptsuiteOptimizer):
             paper). Defaults to `1e-16`.
         amsgrad: use the maximum of past ``s``. Defaults to `False`.
         rectify: apply RAdam's rectification. Defaults to `False`.
-        sma_threshold: RAdam switch point when ``rectify=True``, > 4.
+        sma_threshold: RAdam switch point when ``rectify=True``, >= 4.
             Defaults to `5.0`.
         {{base_optimizer_keyword_args}}
 
@@ -69,7 +69,7 @@ class AdaBelief(OptsuiteOptimizer):
         self.epsilon = check_non_negative("epsilon", epsilon)
         self.amsgrad = bool(amsgrad)
         self.rectify = bool(rectify)
-        self.sma_threshold = check_range("sma_threshold", sma_threshold, low=4.0, low_inclusive=False)
+        self.sma_threshold = check_range("sma_threshold", sma_threshold, low=4.0)
 
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "belief") + (("belief_max",) if self.amsgrad else ())

@@ -25,15 +25,17 @@ def rectified_direction(
     beta_2_power = power(beta_2, t)
     rho_inf = 2.0 / (1.0 - beta_2) - 1.0
     rho_t = rho_inf - 2.0 * t * beta_2_power / (1.0 - beta_2_power)
-    # Clamped so the unused branch stays finite (no NaN under XLA or in grads).
-    safe_rho_t = ops.maximum(rho_t, 4.0 + 1e-3)
+    rectified = rho_t > sma_threshold
+    # r_t is undefined for rho_t <= 4: evaluate it at a harmless point there so
+    # the branch that ops.where discards stays finite.
+    safe_rho_t = ops.where(rectified, rho_t, 5.0)
     r_t = ops.sqrt(
         (safe_rho_t - 4.0) * (safe_rho_t - 2.0) * rho_inf
         / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe_rho_t)
     )
     v_hat = second_moment / (1.0 - beta_2_power)
     adaptive = r_t * m_hat / (ops.sqrt(v_hat) + epsilon)
-    return ops.where(rho_t > sma_threshold, adaptive, m_hat)
+    return ops.where(rectified, adaptive, m_hat)
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -65,7 +67,7 @@ class RAdam(OptsuiteOptimizer):
         beta_2: decay of the second-moment average, in [0, 1). Defaults to `0.999`.
         epsilon: added to the denominator, >= 0. Defaults to `1e-7`.
         sma_threshold: the rectified step is used once ``rho_t`` exceeds this,
-            > 4. Defaults to `5.0`.
+            >= 4 (4 is the paper's Algorithm 2). Defaults to `5.0`.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -86,7 +88,7 @@ class RAdam(OptsuiteOptimizer):
         self.beta_1 = check_decay_rate("beta_1", beta_1)
         self.beta_2 = check_decay_rate("beta_2", beta_2)
         self.epsilon = check_non_negative("epsilon", epsilon)
-        self.sma_threshold = check_range("sma_threshold", sma_threshold, low=4.0, low_inclusive=False)
+        self.sma_threshold = check_range("sma_threshold", sma_threshold, low=4.0)
 
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "velocity")

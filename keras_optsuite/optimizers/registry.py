@@ -82,7 +82,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "Liu et al. 2019, On the Variance of the Adaptive Learning Rate and Beyond",
             "https://arxiv.org/abs/1908.03265", "radam",
             {"learning_rate": 0.01},
-            ({"sma_threshold": 4.5},),
+            ({"sma_threshold": 4.0},),
         ),
         OptimizerSpec(
             AdaBelief, "adam",
