@@ -4,7 +4,9 @@ Subclasses declare their per-variable state with ``_slot_names`` and write
 the method's equations in ``_update_variable``; this base class creates the
 slots, densifies sparse gradients, computes the 1-based step ``t``,
 validates the shared arguments and builds ``get_config`` from the
-constructor's signature.
+constructor's signature (so each constructor argument must be stored under
+an attribute of the same name; the contract suite's config round trip
+catches one that is not).
 
 Everything else common to all optimizers (decoupled ``weight_decay``,
 ``clipnorm``/``clipvalue``/``global_clipnorm``, EMA, loss scaling,
@@ -50,9 +52,8 @@ class OptsuiteOptimizer(keras.optimizers.Optimizer):
             # Keras rejects ints and NumPy scalars; a user writing
             # learning_rate=1 or np.float32(1e-3) means the obvious float.
             learning_rate = check_non_negative("learning_rate", learning_rate)
-        for name in ("weight_decay",):
-            if kwargs.get(name) is not None:
-                check_non_negative(name, kwargs[name])
+        if kwargs.get("weight_decay") is not None:
+            check_non_negative("weight_decay", kwargs["weight_decay"])
         for name in ("clipnorm", "clipvalue", "global_clipnorm"):
             if kwargs.get(name) is not None:
                 check_positive(name, kwargs[name])
