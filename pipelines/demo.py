@@ -44,16 +44,20 @@ def _make_optimizer(name: str, learning_rate: float | None = None):
     from keras_optsuite.optimizers import REGISTRY, get_spec
 
     overrides = {} if learning_rate is None else {"learning_rate": float(learning_rate)}
-    if name.split(">", 1)[-1].lower() in (n.lower() for n in REGISTRY):
-        return get_spec(name).create(**overrides)
+    try:
+        spec = get_spec(name)
+    except ValueError:
+        spec = None  # not ours: try Keras's built-ins
+    if spec is not None:
+        return spec.create(**overrides)
     try:
         optimizer_class = type(keras.optimizers.get(name.lower()))
-        return optimizer_class(**overrides)
     except ValueError:
         raise ValueError(
             f"Unknown optimizer name={name!r}: use a keras-optsuite optimizer "
             f"({', '.join(REGISTRY)}) or a Keras built-in such as 'adam'"
         ) from None
+    return optimizer_class(**overrides)
 
 
 def _load_digits(config: DemoConfig):
