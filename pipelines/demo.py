@@ -76,8 +76,8 @@ def run(config: DemoConfig, out=sys.stdout) -> dict[str, Any]:
     """Train one model per optimizer and write the report files."""
     import keras
 
-    for name in config.optimizers:  # fail on a typo before any training
-        _make_optimizer(name)
+    # Built up front, so a typo or a bad learning rate fails before any training.
+    optimizers = [(name, _make_optimizer(name, config.learning_rate)) for name in config.optimizers]
 
     x_train, x_val, y_train, y_val = _load_digits(config)
     keras.utils.set_random_seed(config.seed)
@@ -93,12 +93,11 @@ def run(config: DemoConfig, out=sys.stdout) -> dict[str, Any]:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     histories: dict[str, dict[str, list[float]]] = {}
-    for index, name in enumerate(config.optimizers, start=1):
-        print(f"[{index}/{len(config.optimizers)}] training with {name} "
+    for index, (name, optimizer) in enumerate(optimizers, start=1):
+        print(f"[{index}/{len(optimizers)}] training with {name} "
               f"for {config.epochs} epochs ...", file=out, flush=True)
         model = keras.models.clone_model(template)
         model.set_weights(initial_weights)
-        optimizer = _make_optimizer(name, config.learning_rate)
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
