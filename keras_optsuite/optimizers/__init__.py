@@ -1,21 +1,48 @@
-"""Optimizers shipped by keras-optsuite; :data:`REGISTRY` lists them all."""
+"""Optimizers shipped by keras-optsuite; :data:`REGISTRY` lists them all.
+
+Wrappers (:data:`WRAPPERS`) take any Keras optimizer and add one idea;
+gradient transformations go in front of an optimizer with :func:`chain`.
+"""
 
 from keras_optsuite.optimizers._base import OptsuiteOptimizer
+from keras_optsuite.optimizers._evaluation_weights import EvaluationWeights
+from keras_optsuite.optimizers._wrapper import OptimizerWrapper, applied_updates, iter_optimizers
 from keras_optsuite.optimizers.adabelief import AdaBelief
 from keras_optsuite.optimizers.adan import Adan
 from keras_optsuite.optimizers.ademamix import AdEMAMix
 from keras_optsuite.optimizers.adopt import ADOPT
 from keras_optsuite.optimizers.aggmo import AggMo
+from keras_optsuite.optimizers.averaging import SWA, ExponentialMovingAverage, SWALearningRate
+from keras_optsuite.optimizers.chain import Chain, chain
+from keras_optsuite.optimizers.gradient_accumulation import GradientAccumulation
+from keras_optsuite.optimizers.gradient_transforms import (
+    AGC,
+    ClipByGlobalNorm,
+    GradientCentralization,
+    GradientTransformation,
+)
 from keras_optsuite.optimizers.laprop import LaProp
+from keras_optsuite.optimizers.lookahead import Lookahead
 from keras_optsuite.optimizers.madgrad import MADGRAD
 from keras_optsuite.optimizers.qhadam import QHM, QHAdam
 from keras_optsuite.optimizers.radam import RAdam
-from keras_optsuite.optimizers.registry import REGISTRY, OptimizerSpec, get_spec
+from keras_optsuite.optimizers.ranger import Ranger
+from keras_optsuite.optimizers.registry import (
+    REGISTRY,
+    WRAPPERS,
+    OptimizerSpec,
+    WrapperSpec,
+    get_spec,
+)
 from keras_optsuite.optimizers.signum import Signum
+from keras_optsuite.optimizers.skip_non_finite import SkipNonFinite
 from keras_optsuite.optimizers.yogi import Yogi
 
 __all__ = [
-    "ADOPT", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "LaProp", "MADGRAD",
-    "OptimizerSpec", "OptsuiteOptimizer", "QHAdam", "QHM", "RAdam", "REGISTRY",
-    "Signum", "Yogi", "get_spec",
+    "ADOPT", "AGC", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "Chain", "ClipByGlobalNorm",
+    "EvaluationWeights", "ExponentialMovingAverage", "GradientAccumulation",
+    "GradientCentralization", "GradientTransformation", "LaProp", "Lookahead", "MADGRAD",
+    "OptimizerSpec", "OptimizerWrapper", "OptsuiteOptimizer", "QHAdam", "QHM", "RAdam",
+    "REGISTRY", "Ranger", "SWA", "SWALearningRate", "Signum", "SkipNonFinite", "WRAPPERS",
+    "WrapperSpec", "Yogi", "applied_updates", "chain", "get_spec", "iter_optimizers",
 ]

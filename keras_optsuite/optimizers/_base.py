@@ -39,7 +39,51 @@ def _keras_base_args_doc() -> str:
     return base_optimizer_keyword_args
 
 
-class OptsuiteOptimizer(keras.optimizers.Optimizer):
+def own_arg_names(cls: type, skip: frozenset[str] = _KERAS_ARGS) -> list[str]:
+    """Constructor arguments of ``cls`` that are not Keras's shared ones."""
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p not in skip]
+
+
+def own_config(obj: Any, skip: frozenset[str] = _KERAS_ARGS) -> dict[str, Any]:
+    """``{arg: value}`` for the constructor's own arguments (stored under the same name)."""
+    config = {}
+    for name in own_arg_names(type(obj), skip):
+        value = getattr(obj, name)
+        config[name] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+class SlotState:
+    """Per-variable optimizer state declared by name (mixed into optimizers).
+
+    Subclasses list their slots in ``_slot_names`` and read them with
+    ``_slot(name, variable)``, which also works on one device's copy of a
+    variable inside ``tf.distribute`` updates.
+    """
+
+    def _slot_names(self) -> tuple[str, ...]:
+        """Names of the per-variable state tensors (override)."""
+        return ()
+
+    def _slot_initializer(self, slot_name: str) -> Any:
+        """Initializer of a slot (override for non-zero initial state)."""
+        return "zeros"
+
+    def _build_slots(self, var_list: list) -> None:
+        names = list(self._slot_names())
+        slots = ()
+        if names:
+            slots = self.add_optimizer_variables(
+                var_list, names, [self._slot_initializer(n) for n in names]
+            )
+        self._slots = dict(zip(names, slots))
+
+    def _slot(self, slot_name: str, variable: Any) -> Any:
+        return self._slots[slot_name][self._get_variable_index(variable)]
+
+
+class OptsuiteOptimizer(SlotState, keras.optimizers.Optimizer):
     """Base class of keras-optsuite optimizers (not used directly)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -59,29 +103,11 @@ class OptsuiteOptimizer(keras.optimizers.Optimizer):
                 check_positive(name, kwargs[name])
         super().__init__(learning_rate=learning_rate, **kwargs)
 
-    # -- state -------------------------------------------------------------
-    def _slot_names(self) -> tuple[str, ...]:
-        """Names of the per-variable state tensors (override)."""
-        return ()
-
-    def _slot_initializer(self, slot_name: str) -> Any:
-        """Initializer of a slot (override for non-zero initial state)."""
-        return "zeros"
-
     def build(self, var_list: list) -> None:
         if self.built:
             return
         super().build(var_list)
-        names = list(self._slot_names())
-        slots = ()
-        if names:
-            slots = self.add_optimizer_variables(
-                var_list, names, [self._slot_initializer(n) for n in names]
-            )
-        self._slots = dict(zip(names, slots))
-
-    def _slot(self, slot_name: str, variable: Any) -> Any:
-        return self._slots[slot_name][self._get_variable_index(variable)]
+        self._build_slots(var_list)
 
     # -- update ------------------------------------------------------------
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
@@ -105,17 +131,8 @@ class OptsuiteOptimizer(keras.optimizers.Optimizer):
         return ops.equal(self.iterations, 0)
 
     # -- config ------------------------------------------------------------
-    @classmethod
-    def _own_arg_names(cls) -> list[str]:
-        params = inspect.signature(cls.__init__).parameters
-        return [p for p in params if p not in _KERAS_ARGS]
-
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        for name in self._own_arg_names():
-            value = getattr(self, name)
-            config[name] = list(value) if isinstance(value, tuple) else value
-        return config
+        return {**super().get_config(), **own_config(self)}
 
 
 def power(base: float, t: Any) -> Any:

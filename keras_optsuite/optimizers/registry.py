@@ -4,6 +4,10 @@ Docs, the contract test suite, the command line, the tuner's search spaces
 and the benchmarks all read :data:`REGISTRY`. Adding an optimizer means one
 module in this package, one :class:`OptimizerSpec` row below, and one NumPy
 reference update in ``tests/references/<reference>.py``.
+
+:data:`WRAPPERS` lists the wrappers (Lookahead, averaging, accumulation,
+gradient transformations, ...) the same way; the contract suite runs each
+around a built-in Keras optimizer and a keras-optsuite one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,18 @@ from keras_optsuite.optimizers.aggmo import AggMo
 from keras_optsuite.optimizers.laprop import LaProp
 from keras_optsuite.optimizers.madgrad import MADGRAD
 from keras_optsuite.optimizers.qhadam import QHM, QHAdam
+from keras_optsuite.optimizers.averaging import SWA, ExponentialMovingAverage
+from keras_optsuite.optimizers.chain import Chain
+from keras_optsuite.optimizers.gradient_accumulation import GradientAccumulation
+from keras_optsuite.optimizers.gradient_transforms import (
+    AGC,
+    ClipByGlobalNorm,
+    GradientCentralization,
+)
+from keras_optsuite.optimizers.lookahead import Lookahead
 from keras_optsuite.optimizers.radam import RAdam
+from keras_optsuite.optimizers.ranger import Ranger
+from keras_optsuite.optimizers.skip_non_finite import SkipNonFinite
 from keras_optsuite.optimizers.signum import Signum
 from keras_optsuite.optimizers.yogi import Yogi
 
@@ -151,11 +166,104 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 0.01},
         ),
         OptimizerSpec(
+            Ranger, "adam",
+            "Wright 2019, Ranger (RAdam + Lookahead + gradient centralization)",
+            "https://github.com/lessw2020/Ranger-Deep-Learning-Optimizer", "ranger",
+            {"learning_rate": 0.01},
+            ({"sync_period": 4, "slow_step_size": 0.75, "beta_1": 0.9},),
+        ),
+        OptimizerSpec(
             Signum, "sign",
             "Bernstein et al. 2018, signSGD: Compressed Optimisation for Non-Convex Problems",
             "https://arxiv.org/abs/1802.04434", "signum",
             {"learning_rate": 0.002},
             ({"momentum": 0.0},),
+        ),
+    ]
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WrapperSpec:
+    """One shipped wrapper: takes an inner optimizer and adds one idea.
+
+    Attributes:
+        cls: the wrapper class (first constructor argument: ``inner``).
+        paper: citation of the method.
+        url: where to read it.
+        reference: module name of the NumPy reference in ``tests/references``.
+        example: wrapper arguments that make its effect visible within a few
+            dozen steps (tests and docs use them).
+        variants: further argument sets covering documented options.
+    """
+
+    cls: type
+    paper: str
+    url: str
+    reference: str
+    example: dict[str, Any] = dataclasses.field(default_factory=dict)
+    variants: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def registered_name(self) -> str:
+        return keras.saving.get_registered_name(self.cls)
+
+    def wrap(self, inner: Any, **overrides: Any) -> keras.optimizers.Optimizer:
+        """A new wrapper around ``inner`` with the ``example`` arguments and ``overrides``."""
+        return self.cls(inner, **{**self.example, **overrides})
+
+
+WRAPPERS: dict[str, WrapperSpec] = {
+    spec.name: spec
+    for spec in [
+        WrapperSpec(
+            Lookahead,
+            "Zhang et al. 2019, Lookahead Optimizer: k steps forward, 1 step back",
+            "https://arxiv.org/abs/1907.08610", "lookahead",
+            {},
+            ({"sync_period": 4, "slow_step_size": 0.75},),
+        ),
+        WrapperSpec(
+            SWA,
+            "Izmailov et al. 2018, Averaging Weights Leads to Wider Optima and Better Generalization",
+            "https://arxiv.org/abs/1803.05407", "swa",
+            {"start_step": 10, "average_period": 3},
+            (
+                {"start_step": 5, "average_period": 4, "swa_learning_rate": 2.0**-6,
+                 "swa_min_learning_rate": 2.0**-8},
+                {"start_step": 1, "average_period": 1, "swa_learning_rate": 2.0**-6},
+            ),
+        ),
+        WrapperSpec(
+            ExponentialMovingAverage,
+            "Polyak and Juditsky 1992, Acceleration of Stochastic Approximation by Averaging",
+            "https://doi.org/10.1137/0330046", "ema",
+            {"decay": 0.75},
+            ({"decay": 0.9375, "dynamic_decay": True},),
+        ),
+        WrapperSpec(
+            GradientAccumulation,
+            "Gradient accumulation: the mean gradient of several micro-batches per update",
+            "https://arxiv.org/abs/1706.02677", "gradient_accumulation",
+            {"steps": 3},
+            ({"steps": 1},),
+        ),
+        WrapperSpec(
+            SkipNonFinite,
+            "Skip steps with non-finite gradients (as dynamic loss scaling does)",
+            "https://arxiv.org/abs/1710.03740", "skip_non_finite",
+        ),
+        WrapperSpec(
+            Chain,
+            "Gradient centralization (Yong et al. 2020), adaptive gradient clipping "
+            "(Brock et al. 2021) and global-norm clipping, chained",
+            "https://arxiv.org/abs/2102.06171", "chain",
+            # Transformations are stateless, so chains may share these instances.
+            {"transforms": [GradientCentralization(), AGC(clip_factor=0.05), ClipByGlobalNorm(1.0)]},
         ),
     ]
 }

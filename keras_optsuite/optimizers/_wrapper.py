@@ -1,0 +1,310 @@
+"""Behaviour every keras-optsuite optimizer wrapper shares, written once.
+
+A wrapper holds an *inner* optimizer (any Keras optimizer, built-in or ours,
+or another wrapper) and adds one idea. Three things make wrappers correct
+where Keras's own options are not:
+
+* **The wrapper owns the cross-replica gradient sum.** Under
+  ``tf.distribute`` the outermost wrapper sums the gradients across replicas
+  once, then every transform, clip, finiteness test and accumulator below it
+  sees the global gradient (Keras clips per replica, before the sum). The
+  optimizers inside are told not to sum again. Sparse gradients are
+  deduplicated once, here, so inner updates see one row per index.
+* **The inner optimizer is stepped through its own ``apply``**, so its
+  ``iterations`` advance (bias correction and schedules keep moving) and its
+  variables are part of ``wrapper.variables`` (saved with the model).
+* **No synchronization inside a ``cond``.** A step that is taken only
+  sometimes (accumulation, skipped non-finite steps) branches in the
+  cross-replica context after the sum, as Keras's ``LossScaleOptimizer``
+  does, which is what keeps it working under ``MirroredStrategy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+from keras.src.backend.tensorflow.optimizer import TFOptimizer
+from keras.src.saving import serialization_lib
+
+from keras_optsuite.optimizers._base import SlotState, own_config
+
+# Arguments every wrapper handles itself (not part of its own config).
+_WRAPPER_ARGS = frozenset({"self", "inner", "name", "kwargs"})
+
+if not hasattr(TFOptimizer, "_all_reduce_sum_gradients"):  # pragma: no cover
+    raise ImportError(
+        "keras_optsuite wrappers need TFOptimizer._all_reduce_sum_gradients, which "
+        f"Keras {keras.__version__} no longer has; please report this."
+    )
+
+
+def iter_optimizers(optimizer: Any) -> Iterator[keras.optimizers.Optimizer]:
+    """``optimizer`` and every optimizer nested inside it, outermost first.
+
+    Looks through ``LossScaleOptimizer``, ``MultiOptimizer`` and
+    keras-optsuite wrappers.
+    """
+    yield optimizer
+    if isinstance(optimizer, OptimizerWrapper):
+        yield from iter_optimizers(optimizer.inner)
+    elif isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        yield from iter_optimizers(optimizer.inner_optimizer)
+    elif isinstance(optimizer, keras.optimizers.MultiOptimizer):
+        for sub in optimizer.optimizers:
+            yield from iter_optimizers(sub)
+
+
+def applied_updates(optimizer: Any) -> Any:
+    """How many updates actually reached the weights (not calls to ``apply``).
+
+    A wrapper's own ``iterations`` counts calls; skipped or accumulated
+    micro-steps do not move the innermost optimizer's counter.
+    """
+    while isinstance(optimizer, OptimizerWrapper):
+        optimizer = optimizer.inner
+    return optimizer.iterations
+
+
+def snapshot(value: Any) -> Any:
+    """The current value of a variable as a tensor that later assignments do not change.
+
+    ``keras.ops.convert_to_tensor`` can hand back the variable itself, a live
+    view (the bug in Keras 3.15.1's ScheduleFreeAdamW): read it instead.
+    """
+    if isinstance(value, keras.Variable):
+        value = value.value
+    return tf.identity(value)
+
+
+def _already_summed(grads_and_vars: Any) -> list:
+    return list(grads_and_vars)
+
+
+def _take_over_gradient_sum(optimizer: Any) -> None:
+    for nested in iter_optimizers(optimizer):
+        if isinstance(nested, OptimizerWrapper):
+            nested._sums_gradients = False
+        elif not isinstance(nested, keras.optimizers.MultiOptimizer):
+            # An instance attribute shadows TFOptimizer's method: the
+            # gradients this optimizer receives are already the global sum.
+            nested._all_reduce_sum_gradients = _already_summed
+
+
+def _resolve_inner(inner: Any) -> keras.optimizers.Optimizer:
+    if isinstance(inner, (str, dict)):
+        try:
+            inner = keras.optimizers.get(inner)
+        except ValueError as error:
+            raise ValueError(f"inner must name a Keras optimizer, got inner={inner!r}") from error
+    if not isinstance(inner, keras.optimizers.Optimizer):
+        raise ValueError(
+            f"inner must be a keras.optimizers.Optimizer instance, got inner={inner!r}"
+        )
+    if isinstance(inner, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "inner must not be a LossScaleOptimizer: compile() adds loss scaling "
+            "around the outermost optimizer under mixed precision, got "
+            f"inner={inner!r}"
+        )
+    if inner.built:
+        raise ValueError(
+            f"inner must be a new, unbuilt optimizer; inner={inner.name!r} was already "
+            "used (its state belongs to other variables)"
+        )
+    return inner
+
+
+def deduplicate(gradient: Any) -> Any:
+    """Sum the rows of an ``IndexedSlices`` gradient that share an index.
+
+    An Embedding's gradient repeats a row index once per occurrence of the
+    token. Updates that are not linear in the gradient (Adam squares it)
+    must see each row's total, and Keras's built-in optimizers do not sum
+    duplicates first: ``keras.optimizers.Adam`` squares each duplicate
+    separately. TensorFlow 1's optimizers deduplicated the same way.
+    """
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    indices, positions = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(indices)[0])
+    return tf.IndexedSlices(values, indices, gradient.dense_shape)
+
+
+def dense_gradient(gradient: Any) -> Any:
+    """A dense tensor for ``gradient`` (``IndexedSlices`` are scattered)."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
+    """Base class of optimizer wrappers (not used directly).
+
+    Subclasses implement ``_apply_summed(grads, variables)``, which receives
+    the cross-replica sum of the gradients and must step the inner optimizer
+    with ``_apply_inner`` or ``_apply_inner_when``. The learning rate is the
+    inner optimizer's: reading or setting ``wrapper.learning_rate`` reaches
+    it (so ``ReduceLROnPlateau`` and learning-rate logging work).
+    ``wrapper.iterations`` counts calls to ``apply``;
+    ``applied_updates(wrapper)`` counts the updates that reached the weights.
+    """
+
+    def __init__(self, inner: Any, name: str | None = None, **kwargs: Any) -> None:
+        if kwargs:
+            names = ", ".join(sorted(kwargs))
+            raise ValueError(
+                f"{type(self).__name__} does not take {names}: set them on the inner "
+                "optimizer, where they apply to the gradient this wrapper hands it"
+            )
+        inner = _resolve_inner(inner)
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner = inner
+        self._sums_gradients = True
+        _take_over_gradient_sum(inner)
+
+    # -- delegation --------------------------------------------------------
+    @property
+    def learning_rate(self) -> Any:
+        return self.inner.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        self.inner.learning_rate = learning_rate
+
+    @property
+    def variables(self) -> list:
+        return self._variables[:] + self.inner.variables
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        own = len(self._variables)
+        super().set_weights(weights[:own])
+        self.inner.set_weights(weights[own:])
+
+    def finalize_variable_values(self, var_list: list) -> None:
+        self.inner.finalize_variable_values(var_list)
+
+    # -- state -------------------------------------------------------------
+    def build(self, var_list: list) -> None:
+        if self.built:
+            return
+        self.inner.build(var_list)
+        # A MultiOptimizer that picks optimizers with a callable creates
+        # them while building: hand those the summed gradients too.
+        _take_over_gradient_sum(self.inner)
+        super().build(var_list)
+        self._build_slots(var_list)
+        self._build_state(var_list)
+
+    def _build_state(self, var_list: list) -> None:
+        """Create state other than per-variable slots (override)."""
+
+    # -- stepping ----------------------------------------------------------
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        grads = list(grads)
+        if not grads:
+            return
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "trainable_variables must be given on the first call to apply(), "
+                    "to build the optimizer"
+                )
+            trainable_variables = self._trainable_variables
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+        with keras.name_scope(self.name, caller=self):
+            if self.loss_scale_factor is not None:  # set by a MultiOptimizer
+                grads = [g if g is None else g / self.loss_scale_factor for g in grads]
+            if self._sums_gradients:
+                pairs = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+                grads = [g for g, _ in pairs]
+            grads = [deduplicate(g) for g in grads]
+            self._apply_summed(grads, trainable_variables)
+        self._iterations.assign_add(1)
+
+    def _apply_summed(self, grads: list, variables: list) -> None:
+        """Step with the global gradient (override)."""
+        raise NotImplementedError
+
+    def _apply_inner(self, grads: list, variables: list) -> None:
+        self.inner.apply(grads, variables)
+
+    def _apply_inner_when(self, predicate: Any, grads: list, variables: list) -> None:
+        """Step the inner optimizer only where ``predicate`` (same on every replica) holds."""
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            ops.cond(predicate, lambda: self._apply_inner(grads, variables), lambda: None)
+            return
+
+        def branch(distribution, predicate, grads, variables):
+            # Every replica computed the same predicate from summed values.
+            take_step = distribution.experimental_local_results(predicate)[0]
+
+            def step():
+                distribution.extended.call_for_each_replica(
+                    self._apply_inner, args=(grads, variables)
+                )
+
+            # The cond lives in the cross-replica context: a replica-context
+            # cond around the inner optimizer's merge_call is what breaks
+            # Keras's own gradient accumulation (keras-team/keras#20582).
+            ops.cond(take_step, step, lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(
+            branch, args=(predicate, grads, variables)
+        )
+
+    def _update_each(
+        self,
+        update: Callable[..., None],
+        variables: Sequence[Any],
+        per_variable: Sequence[Sequence[Any]] = (),
+        shared: Sequence[Any] = (),
+    ) -> None:
+        """Run ``update(variable, *per_variable[i], *shared)`` on every device's copy.
+
+        Inside ``update``, ``self._slot(name, variable)`` and ``self.assign``
+        address the same device's copy of the state.
+        """
+        tf_variables = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+        count = len(per_variable)
+
+        def merge(distribution, tf_variables, *args):
+            columns, common = args[:count], tuple(args[count:])
+            for i, variable in enumerate(tf_variables):
+                distribution.extended.update(
+                    variable,
+                    update,
+                    args=tuple(column[i] for column in columns) + common,
+                    group=False,
+                )
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            merge,
+            self._distribution_strategy,
+            tf_variables,
+            *[list(column) for column in per_variable],
+            *shared,
+        )
+
+    # -- config ------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "inner": serialization_lib.serialize_keras_object(self.inner),
+            **own_config(self, _WRAPPER_ARGS),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> OptimizerWrapper:
+        config = dict(config)
+        inner = serialization_lib.deserialize_keras_object(
+            config.pop("inner"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
+

@@ -1,0 +1,153 @@
+"""What the contract suite tests: every registered optimizer, and every
+registered wrapper around a built-in Keras optimizer and around one of ours.
+
+A ``Subject`` knows how to build its optimizer (with exact hyperparameters
+for the float64 numerics, or with tuned ones for training checks) and how
+to build the matching NumPy reference (``references/_harness.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any, Callable
+
+import keras
+
+from keras_optsuite.optimizers import REGISTRY, WRAPPERS, GradientCentralization, RAdam
+from references import chain as chain_reference
+from references._harness import PerTensor
+
+# Forwarded to every optimizer the suite builds; set on the inner optimizer of a wrapper.
+BASE_OPTIONS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    """An optimizer to wrap: how to build it and its reference update."""
+
+    id: str
+    build: Callable[..., keras.optimizers.Optimizer]
+    reference: str
+    hyper: dict[str, Any]
+    tuned_learning_rate: float
+
+
+INNERS = [
+    # Betas exactly representable in float32: Keras casts Python floats
+    # through float32, and the numerics run in float64 at rtol 1e-9.
+    Inner("keras.Adam", keras.optimizers.Adam, "keras_adam",
+          {"beta_1": 0.875, "beta_2": 0.9990234375}, 0.01),
+    Inner("RAdam", RAdam, "radam", {}, 0.01),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    id: str
+    cls: type  # the outermost optimizer class
+    numeric_cases: tuple[dict[str, Any], ...]  # hyperparameter sets for the numerics test
+    _build: Callable[..., keras.optimizers.Optimizer]
+    _reference: Callable[..., Any]
+    registered_name: str | None = None  # usable as compile(optimizer="...")
+    own_arguments: tuple[str, ...] = ()  # arguments the invalid-values test probes
+    micro_steps: int = 1  # calls to apply() per weight update (gradient accumulation)
+    tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # NumPy reference of the gradient transformations in front of the
+    # optimizer that owns the Keras clip options (identity if there are none).
+    seen_by_inner: Callable[[list, list], list] = lambda grads, params: grads
+
+    def build(self, hyper: dict[str, Any] | None = None, **options: Any) -> keras.optimizers.Optimizer:
+        """The optimizer with ``hyper`` (its own arguments) and base ``options``."""
+        return self._build(dict(hyper or {}), options)
+
+    def create(self, **options: Any) -> keras.optimizers.Optimizer:
+        """The optimizer with tuned hyperparameters (for training checks)."""
+        return self._build({}, {**self.tuned, **options})
+
+    def reference(self, hyper: dict[str, Any], learning_rate: float) -> Any:
+        return self._reference(dict(hyper), learning_rate)
+
+    def __repr__(self) -> str:
+        return self.id
+
+
+def _module(name: str):
+    return importlib.import_module(f"references.{name}")
+
+
+def _transform_reference(transforms) -> Callable[[list, list], list]:
+    def seen(grads, params):
+        reference = chain_reference.Chain(None, transforms)
+        for function, config in reference.functions:
+            grads = function(grads, params, **config)
+        return grads
+
+    return seen
+
+
+# Gradient transformations inside composite optimizers (the Keras clip
+# options of the inner optimizer act after them).
+_TRANSFORMS = {"Ranger": lambda: [GradientCentralization()]}
+
+
+def _optimizer_subject(spec) -> Subject:
+    cases = [{}]
+    tuned = {k: v for k, v in spec.tuned.items() if k != "learning_rate"}
+    if tuned:
+        cases.append(tuned)
+    cases.extend(spec.variants)
+    own = tuple(
+        name for name in inspect.signature(spec.cls.__init__).parameters
+        if name not in ("self", "name", "kwargs")
+    ) + BASE_OPTIONS
+    return Subject(
+        id=spec.name,
+        cls=spec.cls,
+        numeric_cases=tuple(cases),
+        _build=lambda hyper, options: spec.cls(**{**hyper, **options}),
+        _reference=lambda hyper, lr: PerTensor(_module(spec.reference), lr, **hyper),
+        registered_name=spec.registered_name,
+        own_arguments=tuple(dict.fromkeys(own)),
+        tuned=dict(spec.tuned),
+        seen_by_inner=(
+            _transform_reference(_TRANSFORMS[spec.name]())
+            if spec.name in _TRANSFORMS else Subject.seen_by_inner
+        ),
+    )
+
+
+def _wrapped_subject(spec, inner: Inner) -> Subject:
+    def build(hyper, options):
+        return spec.wrap(inner.build(**{**inner.hyper, **options}), **hyper)
+
+    def reference(hyper, lr):
+        wrapper_args = {**spec.example, **hyper}
+        inner_reference = PerTensor(_module(inner.reference), lr, **inner.hyper)
+        wrapper_class = getattr(_module(spec.reference), spec.name)
+        return wrapper_class(inner_reference, **wrapper_args)
+
+    own = tuple(
+        name for name in inspect.signature(spec.cls.__init__).parameters
+        if name not in ("self", "name")
+    )
+    return Subject(
+        id=f"{spec.name}({inner.id})",
+        cls=spec.cls,
+        numeric_cases=({}, *spec.variants),
+        _build=build,
+        _reference=reference,
+        own_arguments=own,
+        micro_steps=spec.example.get("steps", 1),
+        tuned={"learning_rate": inner.tuned_learning_rate},
+        seen_by_inner=(
+            _transform_reference(spec.example["transforms"])
+            if "transforms" in spec.example else Subject.seen_by_inner
+        ),
+    )
+
+
+OPTIMIZERS = [_optimizer_subject(spec) for spec in REGISTRY.values()]
+WRAPPED = [_wrapped_subject(spec, inner) for spec in WRAPPERS.values() for inner in INNERS]
+SUBJECTS = OPTIMIZERS + WRAPPED
