@@ -1,5 +1,9 @@
 """Keras callbacks of keras-optsuite (installed as ``keras_optsuite.callbacks``).
 
-MLflow tracking and training callbacks arrive here; see the issues that build
-on the foundation.
+- :class:`SwapEvaluationWeights`: validate, evaluate and checkpoint with the
+  averaged weights of SWA / EMA (and schedule-free) optimizers.
 """
+
+from keras_optsuite.callbacks.evaluation_weights import SwapEvaluationWeights
+
+__all__ = ["SwapEvaluationWeights"]

@@ -23,12 +23,14 @@ class _WeightAveraging(EvaluationWeights, OptimizerWrapper):
     it with the model's weights exactly (no arithmetic on the values).
     """
 
-    def __init__(self, inner: Any, final_weights: str = "averaged", name: str | None = None) -> None:
+    def __init__(
+        self, inner: Any, final_weights: str = "averaged", name: str | None = None, **kwargs: Any
+    ) -> None:
         if final_weights not in _FINAL_WEIGHTS:
             raise ValueError(
                 f"final_weights must be one of {_FINAL_WEIGHTS}, got final_weights={final_weights!r}"
             )
-        super().__init__(inner, name=name)
+        super().__init__(inner, name=name, **kwargs)
         self.final_weights = final_weights
 
     def _slot_names(self) -> tuple[str, ...]:
@@ -159,8 +161,9 @@ class ExponentialMovingAverage(_WeightAveraging):
         dynamic_decay: bool = False,
         final_weights: str = "averaged",
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(inner, final_weights=final_weights, name=name)
+        super().__init__(inner, final_weights=final_weights, name=name, **kwargs)
         self.decay = check_decay_rate("decay", decay)
         if not isinstance(dynamic_decay, bool):
             raise ValueError(f"dynamic_decay must be a bool, got dynamic_decay={dynamic_decay!r}")
@@ -285,8 +288,9 @@ class SWA(_WeightAveraging):
         swa_min_learning_rate: float | None = None,
         final_weights: str = "averaged",
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(inner, final_weights=final_weights, name=name)
+        super().__init__(inner, final_weights=final_weights, name=name, **kwargs)
         self.start_step = check_positive_int("start_step", start_step)
         self.average_period = check_positive_int("average_period", average_period)
         if swa_learning_rate is None and swa_min_learning_rate is not None:

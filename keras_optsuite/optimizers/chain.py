@@ -26,9 +26,13 @@ class Chain(OptimizerWrapper):
     """
 
     def __init__(
-        self, inner: Any, transforms: Sequence[GradientTransformation] = (), name: str | None = None
+        self,
+        inner: Any,
+        transforms: Sequence[GradientTransformation] = (),
+        name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(inner, name=name)
+        super().__init__(inner, name=name, **kwargs)
         transforms = list(transforms)
         for i, transform in enumerate(transforms):
             if not isinstance(transform, GradientTransformation):

@@ -38,8 +38,10 @@ class GradientAccumulation(OptimizerWrapper):
     >>> model.compile(optimizer=GradientAccumulation("adam", steps=4), loss="mse")
     """
 
-    def __init__(self, inner: Any, steps: int = 2, name: str | None = None) -> None:
-        super().__init__(inner, name=name)
+    def __init__(
+        self, inner: Any, steps: int = 2, name: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(inner, name=name, **kwargs)
         self.steps = check_positive_int("steps", steps)
 
     def _slot_names(self) -> tuple[str, ...]:

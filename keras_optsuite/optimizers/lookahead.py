@@ -41,8 +41,9 @@ class Lookahead(OptimizerWrapper):
         sync_period: int = 6,
         slow_step_size: float = 0.5,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(inner, name=name)
+        super().__init__(inner, name=name, **kwargs)
         self.sync_period = check_positive_int("sync_period", sync_period)
         self.slow_step_size = check_fraction("slow_step_size", slow_step_size)
 

@@ -42,8 +42,8 @@ class SkipNonFinite(OptimizerWrapper):
     >>> model.compile(optimizer=SkipNonFinite(keras.optimizers.Adam()), loss="mse")
     """
 
-    def __init__(self, inner: Any, name: str | None = None) -> None:
-        super().__init__(inner, name=name)
+    def __init__(self, inner: Any, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(inner, name=name, **kwargs)
 
     def _build_state(self, var_list: list) -> None:
         self._skipped_steps = self.add_variable(
