@@ -10,10 +10,12 @@ from keras_optsuite._version import __version__
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from keras_optsuite.optimizers import REGISTRY
+    from keras_optsuite.optimizers import REGISTRY, WRAPPERS
 
     for spec in REGISTRY.values():
-        print(f"{spec.registered_name:<28} {spec.family:<15} {spec.paper}")
+        print(f"{spec.registered_name:<36} {spec.family:<15} {spec.paper}")
+    for spec in WRAPPERS.values():
+        print(f"{spec.registered_name:<36} {'wrapper':<15} {spec.paper}")
     return 0
 
 

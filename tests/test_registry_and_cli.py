@@ -13,18 +13,49 @@ import pytest
 
 import keras_optsuite
 from keras_optsuite import optimizers
-from keras_optsuite.optimizers import REGISTRY, OptsuiteOptimizer, get_spec
+from keras_optsuite.optimizers import (
+    REGISTRY,
+    WRAPPERS,
+    OptimizerWrapper,
+    OptsuiteOptimizer,
+    Ranger,
+    get_spec,
+)
 
 REFERENCES = Path(__file__).parent / "references"
 
 
-def test_every_shipped_optimizer_class_is_in_the_registry():
-    shipped = {
-        obj for _, obj in inspect.getmembers(optimizers, inspect.isclass)
-        if issubclass(obj, OptsuiteOptimizer) and obj is not OptsuiteOptimizer
+def test_every_shipped_optimizer_and_wrapper_class_is_in_a_registry():
+    classes = [obj for _, obj in inspect.getmembers(optimizers, inspect.isclass)]
+    optimizers_shipped = {
+        c for c in classes if issubclass(c, OptsuiteOptimizer) and c is not OptsuiteOptimizer
+    } | {Ranger}  # a composite: a Lookahead subclass with RAdam's arguments
+    wrappers_shipped = {
+        c for c in classes
+        if issubclass(c, OptimizerWrapper) and not c.__name__.startswith("_")
+        and c not in (OptimizerWrapper, Ranger)
     }
-    assert shipped == {spec.cls for spec in REGISTRY.values()}
-    assert len(REGISTRY) >= 12
+    assert optimizers_shipped == {spec.cls for spec in REGISTRY.values()}
+    assert wrappers_shipped == {spec.cls for spec in WRAPPERS.values()}
+    assert len(REGISTRY) >= 13 and len(WRAPPERS) >= 6
+
+
+@pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))
+def test_wrapper_row_is_complete(spec):
+    assert spec.registered_name == f"keras_optsuite>{spec.name}"
+    assert keras.saving.get_registered_object(spec.registered_name) is spec.cls
+    assert (REFERENCES / f"{spec.reference}.py").is_file()
+    assert spec.url.startswith("https://") and spec.paper
+    doc = spec.cls.__doc__
+    arguments = [
+        name for name in inspect.signature(spec.cls.__init__).parameters
+        if name not in ("self", "kwargs")
+    ]
+    for argument in arguments:
+        assert f"{argument}:" in doc, f"the docstring documents {argument}"
+    for arguments_set in (spec.example, *spec.variants):
+        assert set(arguments_set) <= set(arguments)
+    assert spec.url in doc, "the docstring cites the method"
 
 
 @pytest.mark.parametrize("spec", REGISTRY.values(), ids=list(REGISTRY))
@@ -69,7 +100,7 @@ def test_cli_version_help_and_list():
     assert "demo" in help_text and "list" in help_text
     listing = _optsuite("list")
     assert listing.returncode == 0
-    for spec in REGISTRY.values():
+    for spec in [*REGISTRY.values(), *WRAPPERS.values()]:
         assert spec.registered_name in listing.stdout
 
 

@@ -480,3 +480,63 @@ def test_excluded_variables_keep_their_gradient():
     np.testing.assert_allclose(centralized.mean(axis=0), [0.0, 0.0], atol=1e-12)
     kept = GradientCentralization(exclude=["kern"])(grads, [kernel])[0].numpy()
     np.testing.assert_array_equal(kept, grads[0].numpy())
+
+
+# ---------------------------------------------------------------------------
+# Multi-worker: real worker processes on localhost.
+# ---------------------------------------------------------------------------
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_accumulation_under_multi_worker_mirrored_strategy_equals_one_large_batch(tmp_path):
+    """Two worker processes x 16 samples x 4 micro-steps = one 128-sample batch.
+
+    Tolerance: rtol 1e-5, atol 1e-6 after 6 updates (collective sums in float32).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from workers import accumulation
+
+    tests_dir = os.path.dirname(__file__)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "workers.accumulation", str(tmp_path / f"w{index}.npz")],
+            cwd=tests_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = []
+    for process in processes:
+        try:
+            out, _ = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            raise
+        outputs.append(out)
+    for index, (process, out) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, f"worker {index} failed:\n{out[-4000:]}"
+
+    reference = accumulation.train(accumulate=False)
+    for index in range(2):
+        with np.load(tmp_path / f"w{index}.npz") as saved:
+            weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        for got, want in zip(weights, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    initial = [w.numpy() for w in accumulation.model().trainable_variables]
+    assert max(np.abs(a - b).max() for a, b in zip(reference, initial)) > 1e-3

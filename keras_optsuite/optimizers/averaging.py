@@ -123,7 +123,8 @@ class ExponentialMovingAverage(_WeightAveraging):
     """Polyak-Ruppert averaging with an exponential moving average of the weights.
 
     Polyak and Juditsky, 1992, "Acceleration of Stochastic Approximation by
-    Averaging"; as used by e.g. Tan and Le, 2019 (EfficientNet). After every
+    Averaging", https://doi.org/10.1137/0330046; as used by e.g. Tan and Le,
+    2019 (EfficientNet). After every
     update ``s`` of the inner optimizer (1-based):
     ``average = weights`` if ``s == 1``, else
     ``average = decay_s average + (1 - decay_s) weights`` with

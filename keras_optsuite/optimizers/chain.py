@@ -17,7 +17,10 @@ class Chain(OptimizerWrapper):
 
     Usually built with :func:`chain`, which reads in the order the gradient
     flows: ``chain(AGC(0.01), GradientCentralization(), keras.optimizers.Adam())``.
-    The transformations see the gradient summed across replicas.
+    The transformations see the gradient summed across replicas. Shipped
+    transformations: ``GradientCentralization`` (Yong et al. 2020),
+    ``AGC`` (Brock et al. 2021, https://arxiv.org/abs/2102.06171) and
+    ``ClipByGlobalNorm``.
 
     Args:
         inner: the optimizer that receives the transformed gradients.

@@ -15,6 +15,9 @@ from keras_optsuite.optimizers._wrapper import OptimizerWrapper, dense_gradient
 class GradientAccumulation(OptimizerWrapper):
     """Accumulate ``steps`` micro-batch gradients, then step with their mean.
 
+    The large-batch equivalence Goyal et al., 2017, "Accurate, Large Minibatch
+    SGD", https://arxiv.org/abs/1706.02677, build on, on a small machine.
+
     With a mean-reduced loss, ``steps`` micro-batches of size ``b`` give the
     same update as one batch of ``steps * b`` (up to float rounding): the
     inner optimizer sees ``(g_1 + ... + g_steps) / steps``. Between updates

@@ -24,6 +24,9 @@ def all_finite(grads: list) -> Any:
 class SkipNonFinite(OptimizerWrapper):
     """Leave weights and optimizer state untouched on a step with a non-finite gradient.
 
+    The skip rule of dynamic loss scaling (Micikevicius et al., 2018, "Mixed
+    Precision Training", https://arxiv.org/abs/1710.03740), for any precision.
+
     The test runs on the gradient summed across replicas, so every replica
     skips together. ``skipped_steps`` counts the skipped steps (a variable,
     saved with the model, readable by callbacks). ``iterations`` counts every
