@@ -540,3 +540,20 @@ def test_accumulation_under_multi_worker_mirrored_strategy_equals_one_large_batc
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     initial = [w.numpy() for w in accumulation.model().trainable_variables]
     assert max(np.abs(a - b).max() for a, b in zip(reference, initial)) > 1e-3
+
+
+def test_learning_rate_reads_and_sets_the_inner_optimizers(digits):
+    """What ReduceLROnPlateau and learning-rate logging rely on."""
+    x, y = digits
+    inner = RAdam(0.01)
+    optimizer = SkipNonFinite(Lookahead(inner))
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+    model = _model()
+    model.compile(optimizer=optimizer, loss=LOSS)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=10.0)
+    model.fit(x[:256], y[:256], batch_size=64, epochs=2, verbose=0, callbacks=[plateau])
+    # Epoch 1 sets the best loss; epoch 2 misses it by min_delta: one halving.
+    assert float(inner.learning_rate) == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="swa_learning_rate"):
+        SWA(keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(keras.optimizers.Adam())),
+            swa_learning_rate=0.1)

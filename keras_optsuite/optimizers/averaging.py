@@ -305,10 +305,9 @@ class SWA(_WeightAveraging):
             self._hand_over_learning_rate()
 
     def _hand_over_learning_rate(self) -> None:
-        try:
-            current = self.inner._learning_rate
-        except AttributeError:
-            current = None
+        current = None
+        if not isinstance(self.inner, keras.optimizers.MultiOptimizer):
+            current = getattr(self.inner, "_learning_rate", None)
         if isinstance(current, SWALearningRate):  # rebuilt from a saved config
             current = current.initial
         if isinstance(current, keras.Variable):
