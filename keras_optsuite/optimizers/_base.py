@@ -39,6 +39,18 @@ def _keras_base_args_doc() -> str:
     return base_optimizer_keyword_args
 
 
+def dense_gradient(gradient: Any) -> Any:
+    """A dense tensor for ``gradient`` (``IndexedSlices`` are scattered)."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+def gradient_values(gradient: Any) -> Any:
+    """The stored entries of ``gradient``: its ``values`` if it is ``IndexedSlices``."""
+    return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+
+
 def own_arg_names(cls: type, skip: frozenset[str] = _KERAS_ARGS) -> list[str]:
     """Constructor arguments of ``cls`` that are not Keras's shared ones."""
     params = inspect.signature(cls.__init__).parameters
@@ -111,10 +123,9 @@ class OptsuiteOptimizer(SlotState, keras.optimizers.Optimizer):
 
     # -- update ------------------------------------------------------------
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        if isinstance(gradient, tf.IndexedSlices):
-            # Sparse Embedding gradients: these methods' state is dense, so
-            # every row's moments decay on every step (as in the papers).
-            gradient = tf.convert_to_tensor(gradient)
+        # Sparse Embedding gradients: these methods' state is dense, so every
+        # row's moments decay on every step (as in the papers).
+        gradient = dense_gradient(gradient)
         dtype = variable.dtype
         self._update_variable(
             ops.cast(gradient, dtype),

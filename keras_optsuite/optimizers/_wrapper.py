@@ -133,13 +133,6 @@ def deduplicate(gradient: Any) -> Any:
     return tf.IndexedSlices(values, indices, gradient.dense_shape)
 
 
-def dense_gradient(gradient: Any) -> Any:
-    """A dense tensor for ``gradient`` (``IndexedSlices`` are scattered)."""
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.convert_to_tensor(gradient)
-    return gradient
-
-
 class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
     """Base class of optimizer wrappers (not used directly).
 

@@ -52,9 +52,13 @@ class _WeightAveraging(EvaluationWeights, OptimizerWrapper):
         """Weight of the new weights in the average after update ``step`` (1-based)."""
         raise NotImplementedError
 
+    def _first_averaged_update(self) -> int:
+        """The 1-based update after which the first average is taken."""
+        raise NotImplementedError
+
     def _has_average(self) -> bool:
         """Whether at least one average has been taken (evaluated eagerly)."""
-        raise NotImplementedError
+        return int(applied_updates(self.inner).numpy()) >= self._first_averaged_update()
 
     def _apply_summed(self, grads: list, variables: list) -> None:
         before = snapshot(applied_updates(self.inner))
@@ -176,8 +180,8 @@ class ExponentialMovingAverage(_WeightAveraging):
             decay = ops.minimum(decay, (1.0 + step) / (10.0 + step))
         return ops.where(step <= 1.0, ops.ones_like(decay), 1.0 - decay)
 
-    def _has_average(self) -> bool:
-        return int(applied_updates(self.inner).numpy()) >= 1
+    def _first_averaged_update(self) -> int:
+        return 1
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -329,5 +333,5 @@ class SWA(_WeightAveraging):
         count = ops.floor(since_start / period) + 1.0
         return ops.where(due, 1.0 / ops.maximum(count, 1.0), ops.zeros_like(step))
 
-    def _has_average(self) -> bool:
-        return int(applied_updates(self.inner).numpy()) >= self.start_step
+    def _first_averaged_update(self) -> int:
+        return self.start_step

@@ -8,7 +8,8 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_positive_int
-from keras_optsuite.optimizers._wrapper import OptimizerWrapper, dense_gradient
+from keras_optsuite.optimizers._base import dense_gradient
+from keras_optsuite.optimizers._wrapper import OptimizerWrapper
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -57,12 +58,11 @@ class GradientAccumulation(OptimizerWrapper):
             ops.cast(g, v.dtype) + self._slot("accumulated_gradient", v)
             for g, v in pairs
         ]
-        self._update_each(self._store, variables, per_variable=(totals,))
         is_update = ops.equal((self._iterations + 1) % self.steps, 0)
+        self._update_each(self._store, variables, per_variable=(totals,), shared=(is_update,))
         means = [total / float(self.steps) for total in totals]
         self._apply_inner_when(is_update, means, variables)
 
-    def _store(self, variable: Any, total: Any) -> None:
-        is_update = ops.equal((self._iterations + 1) % self.steps, 0)
+    def _store(self, variable: Any, total: Any, is_update: Any) -> None:
         accumulator = self._slot("accumulated_gradient", variable)
         self.assign(accumulator, ops.where(is_update, ops.zeros_like(total), total))

@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_positive
-from keras_optsuite.optimizers._wrapper import dense_gradient
+from keras_optsuite.optimizers._base import dense_gradient, gradient_values
 
 
 def _fan_in_axes(tensor: Any) -> list[int]:
@@ -185,7 +185,7 @@ class ClipByGlobalNorm(GradientTransformation):
             take and g.dtype == "float64" for g, take in zip(grads, chosen)
         ) else "float32"
         squares = [
-            ops.sum(ops.square(ops.cast(_values(g), dtype)))
+            ops.sum(ops.square(ops.cast(gradient_values(g), dtype)))
             for g, take in zip(grads, chosen) if take
         ]
         if not squares:
@@ -197,10 +197,6 @@ class ClipByGlobalNorm(GradientTransformation):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "clipnorm": self.clipnorm}
-
-
-def _values(gradient: Any) -> Any:
-    return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
 def _scaled(gradient: Any, scale: Any) -> Any:

@@ -42,8 +42,23 @@ from keras_optsuite.optimizers.signum import Signum
 from keras_optsuite.optimizers.yogi import Yogi
 
 
+class _NamedByClass:
+    """``name`` and ``registered_name`` of a registry row, read from its class."""
+
+    cls: type
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def registered_name(self) -> str:
+        """The string accepted by ``model.compile(optimizer=...)``."""
+        return keras.saving.get_registered_name(self.cls)
+
+
 @dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
+class OptimizerSpec(_NamedByClass):
     """One shipped optimizer.
 
     Attributes:
@@ -65,15 +80,6 @@ class OptimizerSpec:
     reference: str
     tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def name(self) -> str:
-        return self.cls.__name__
-
-    @property
-    def registered_name(self) -> str:
-        """The string accepted by ``model.compile(optimizer=...)``."""
-        return keras.saving.get_registered_name(self.cls)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -184,7 +190,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class WrapperSpec:
+class WrapperSpec(_NamedByClass):
     """One shipped wrapper: takes an inner optimizer and adds one idea.
 
     Attributes:
@@ -203,14 +209,6 @@ class WrapperSpec:
     reference: str
     example: dict[str, Any] = dataclasses.field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def name(self) -> str:
-        return self.cls.__name__
-
-    @property
-    def registered_name(self) -> str:
-        return keras.saving.get_registered_name(self.cls)
 
     def wrap(self, inner: Any, **overrides: Any) -> keras.optimizers.Optimizer:
         """A new wrapper around ``inner`` with the ``example`` arguments and ``overrides``."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_optsuite.optimizers._base import gradient_values
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper
 
 
 def all_finite(grads: list) -> Any:
     """One boolean: every entry of every (dense or sparse) gradient is finite."""
     checks = [
-        ops.all(ops.isfinite(g.values if isinstance(g, tf.IndexedSlices) else g))
+        ops.all(ops.isfinite(gradient_values(g)))
         for g in grads if g is not None
     ]
     return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
