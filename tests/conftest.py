@@ -33,6 +33,25 @@ import keras  # noqa: E402
 
 LOGICAL_CPUS = ["/cpu:0", "/cpu:1"]
 
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def dense_model(seed=0, hidden=16, outputs=10, inputs=64):
+    """The small MLP the training checks use, with weights fixed by ``seed``."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(outputs),
+        ]
+    )
+
+
+def assert_weights_close(a, b, rtol, atol):
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():

@@ -78,13 +78,7 @@ def _module(name: str):
 
 
 def _transform_reference(transforms) -> Callable[[list, list], list]:
-    def seen(grads, params):
-        reference = chain_reference.Chain(None, transforms)
-        for function, config in reference.functions:
-            grads = function(grads, params, **config)
-        return grads
-
-    return seen
+    return chain_reference.Chain(None, transforms).transform
 
 
 # Gradient transformations inside composite optimizers (the Keras clip

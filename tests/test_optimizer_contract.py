@@ -16,11 +16,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS
+from conftest import LOGICAL_CPUS, LOSS, assert_weights_close, dense_model
 
 from subjects import SUBJECTS
 
-from keras_optsuite.optimizers import EvaluationWeights, iter_optimizers
+from keras_optsuite.optimizers import iter_optimizers
 
 by_name = pytest.mark.parametrize("subject", SUBJECTS, ids=[s.id for s in SUBJECTS])
 
@@ -72,28 +72,11 @@ def _quadratic_problem(seed: int = 0):
     return init, gradient
 
 
-def _dense_model(seed=0, hidden=16, outputs=10, inputs=64):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((inputs,)),
-            keras.layers.Dense(hidden, activation="tanh"),
-            keras.layers.Dense(outputs),
-        ]
-    )
-
-
 def _same_weights(model, reference_model):
     model.set_weights(reference_model.get_weights())
     return model
 
 
-def _assert_weights_close(a, b, rtol, atol):
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
-
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 # ---------------------------------------------------------------------------
@@ -177,7 +160,7 @@ def test_config_round_trip_and_compile_by_name_or_config(subject, digits):
     assert rebuilt.get_config() == config
 
     x, y = digits
-    model = _dense_model()
+    model = dense_model()
     if subject.registered_name:
         model.compile(optimizer=subject.registered_name, loss=LOSS)
     else:  # a wrapper needs its inner optimizer: compile from the serialized form
@@ -194,12 +177,12 @@ def test_save_load_keeps_state_and_resumed_training_matches(subject, digits, tmp
     x, y = digits
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 320, 32)]
 
-    uninterrupted = _dense_model()
+    uninterrupted = dense_model()
     uninterrupted.compile(optimizer=subject.create(), loss=LOSS)
     for xb, yb in batches:
         uninterrupted.train_on_batch(xb, yb)
 
-    model = _dense_model()
+    model = dense_model()
     model.compile(optimizer=subject.create(), loss=LOSS)
     for xb, yb in batches[:5]:
         model.train_on_batch(xb, yb)
@@ -217,7 +200,7 @@ def test_save_load_keeps_state_and_resumed_training_matches(subject, digits, tmp
 
     for xb, yb in batches[5:]:
         loaded.train_on_batch(xb, yb)
-    _assert_weights_close(loaded, uninterrupted, rtol=1e-6, atol=1e-7)
+    assert_weights_close(loaded, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------
@@ -302,7 +285,7 @@ def test_clipvalue_is_accepted(subject):
 def test_mixed_float16_trains_without_nan(subject, digits):
     x, y = digits
     keras.config.set_dtype_policy("mixed_float16")
-    model = _dense_model()
+    model = dense_model()
     model.compile(optimizer=subject.create(), loss=LOSS)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model.optimizer.inner_optimizer, subject.cls)
@@ -317,14 +300,14 @@ def test_mixed_float16_trains_without_nan(subject, digits):
 @pytest.mark.slow
 def test_jit_compile_matches_eager_graph_training(subject, digits):
     x, y = digits
-    reference = _dense_model()
+    reference = dense_model()
     models = {}
     for jit in (False, True):
-        model = _same_weights(_dense_model(), reference)
+        model = _same_weights(dense_model(), reference)
         model.compile(optimizer=subject.create(), loss=LOSS, jit_compile=jit)
         model.fit(x[:512], y[:512], batch_size=64, epochs=2, shuffle=False, verbose=0)
         models[jit] = model
-    _assert_weights_close(models[True], models[False], rtol=1e-4, atol=1e-5)
+    assert_weights_close(models[True], models[False], rtol=1e-4, atol=1e-5)
     moved = max(np.abs(a - b).max() for a, b in zip(models[True].get_weights(), reference.get_weights()))
     assert moved > 1e-3
 
@@ -360,7 +343,7 @@ def test_sparse_embedding_gradients_match_their_dense_equivalent(subject):
                 saw_sparse |= isinstance(grads[0], tf.IndexedSlices)
             optimizer.apply(grads, model.trainable_variables)
     assert saw_sparse, "the Embedding gradient should arrive as IndexedSlices"
-    _assert_weights_close(sparse_model, dense_model, rtol=1e-6, atol=1e-7)
+    assert_weights_close(sparse_model, dense_model, rtol=1e-6, atol=1e-7)
 
 
 @by_name
@@ -368,7 +351,7 @@ def test_sparse_embedding_gradients_match_their_dense_equivalent(subject):
 def test_mirrored_strategy_on_two_devices_matches_one_device(subject, digits):
     """Tolerance: rtol 1e-4, atol 1e-5 after 16 steps (summation order differs)."""
     x, y = digits[0][:512], digits[1][:512]
-    single = _dense_model()
+    single = dense_model()
     initial = single.get_weights()
     single.compile(optimizer=subject.create(), loss=LOSS)
     single.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
@@ -376,13 +359,13 @@ def test_mirrored_strategy_on_two_devices_matches_one_device(subject, digits):
     strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        mirrored = _dense_model()
+        mirrored = dense_model()
         mirrored.set_weights(initial)
         mirrored.compile(optimizer=subject.create(), loss=LOSS)
     mirrored.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
 
     assert mirrored.optimizer.iterations.numpy() == single.optimizer.iterations.numpy() == 16
-    _assert_weights_close(mirrored, single, rtol=1e-4, atol=1e-5)
+    assert_weights_close(mirrored, single, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------

@@ -40,12 +40,18 @@ def test_every_shipped_optimizer_and_wrapper_class_is_in_a_registry():
     assert len(REGISTRY) >= 13 and len(WRAPPERS) >= 6
 
 
-@pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))
-def test_wrapper_row_is_complete(spec):
+def _assert_registered_with_reference_and_citation(spec):
+    """What every registry row (optimizer or wrapper) must have."""
     assert spec.registered_name == f"keras_optsuite>{spec.name}"
     assert keras.saving.get_registered_object(spec.registered_name) is spec.cls
     assert (REFERENCES / f"{spec.reference}.py").is_file()
     assert spec.url.startswith("https://") and spec.paper
+    assert spec.url in spec.cls.__doc__, "the docstring cites the method"
+
+
+@pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))
+def test_wrapper_row_is_complete(spec):
+    _assert_registered_with_reference_and_citation(spec)
     doc = spec.cls.__doc__
     arguments = [
         name for name in inspect.signature(spec.cls.__init__).parameters
@@ -55,17 +61,12 @@ def test_wrapper_row_is_complete(spec):
         assert f"{argument}:" in doc, f"the docstring documents {argument}"
     for arguments_set in (spec.example, *spec.variants):
         assert set(arguments_set) <= set(arguments)
-    assert spec.url in doc, "the docstring cites the method"
 
 
 @pytest.mark.parametrize("spec", REGISTRY.values(), ids=list(REGISTRY))
 def test_registry_row_is_complete(spec):
-    assert spec.registered_name == f"keras_optsuite>{spec.name}"
-    assert keras.saving.get_registered_object(spec.registered_name) is spec.cls
-    assert (REFERENCES / f"{spec.reference}.py").is_file()
-    assert spec.url.startswith("https://") and spec.paper
+    _assert_registered_with_reference_and_citation(spec)
     doc = spec.cls.__doc__
-    assert spec.url in doc, "the docstring cites the paper"
     assert "{{" not in doc, "the shared-arguments placeholder was filled in"
     for argument in spec.defaults:
         assert f"{argument}:" in doc, f"the docstring documents {argument}"

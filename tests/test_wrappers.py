@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS
+from conftest import LOGICAL_CPUS, LOSS, assert_weights_close, dense_model
 
 from keras_optsuite.callbacks import SwapEvaluationWeights
 from keras_optsuite.optimizers import (
@@ -33,21 +33,8 @@ from keras_optsuite.optimizers import (
     SWALearningRate,
     applied_updates,
     chain,
+    iter_optimizers,
 )
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _model(seed=0, hidden=16):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(hidden, activation="tanh"), keras.layers.Dense(10)]
-    )
-
-
-def _assert_weights_close(a, b, rtol, atol):
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
 
 
 def _moved(model, initial):
@@ -98,18 +85,18 @@ def test_accumulating_micro_batches_equals_one_large_batch_step(inner, digits):
     """Tolerance: rtol 1e-5, atol 1e-6 after 8 updates (float32 summation order)."""
     x, y = digits[0][:512], digits[1][:512]
     make = (lambda: keras.optimizers.Adam(0.01)) if inner == "adam" else (lambda: RAdam(0.01))
-    initial = _model().get_weights()
+    initial = dense_model().get_weights()
 
-    large = _model()
+    large = dense_model()
     large.set_weights(initial)
     _fit(large, make(), x, y, batch_size=128)
 
-    accumulated = _model()
+    accumulated = dense_model()
     accumulated.set_weights(initial)
     _fit(accumulated, GradientAccumulation(make(), steps=4), x, y, batch_size=32)
 
     assert int(accumulated.optimizer.inner.iterations.numpy()) == 8 == int(large.optimizer.iterations.numpy())
-    _assert_weights_close(accumulated, large, rtol=1e-5, atol=1e-6)
+    assert_weights_close(accumulated, large, rtol=1e-5, atol=1e-6)
     assert _moved(large, initial) > 1e-3
 
 
@@ -117,20 +104,20 @@ def test_accumulating_micro_batches_equals_one_large_batch_step(inner, digits):
 def test_accumulation_under_mirrored_strategy_equals_one_large_batch_on_one_device(digits):
     """2 replicas x 16 samples x 4 micro-steps = one 128-sample batch. rtol 1e-5, atol 1e-6."""
     x, y = digits[0][:512], digits[1][:512]
-    initial = _model().get_weights()
-    large = _model()
+    initial = dense_model().get_weights()
+    large = dense_model()
     large.set_weights(initial)
     _fit(large, keras.optimizers.Adam(0.01), x, y, batch_size=128)
 
     strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
     with strategy.scope():
-        mirrored = _model()
+        mirrored = dense_model()
         mirrored.set_weights(initial)
         optimizer = GradientAccumulation(keras.optimizers.Adam(0.01), steps=4)
     _fit(mirrored, optimizer, x, y, batch_size=32)
 
     assert int(optimizer.inner.iterations.numpy()) == 8
-    _assert_weights_close(mirrored, large, rtol=1e-5, atol=1e-6)
+    assert_weights_close(mirrored, large, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -150,20 +137,20 @@ def test_accumulation_under_mirrored_strategy_equals_one_large_batch_on_one_devi
 def test_clipping_under_two_replicas_equals_clipping_on_one_device(make, digits):
     """SGD makes clipping visible in the weights. rtol 1e-5, atol 1e-6 after 8 steps."""
     x, y = digits[0][:512], digits[1][:512]
-    initial = _model().get_weights()
-    single = _model()
+    initial = dense_model().get_weights()
+    single = dense_model()
     single.set_weights(initial)
     _fit(single, make(), x, y, batch_size=128)
 
     strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
     with strategy.scope():
-        mirrored = _model()
+        mirrored = dense_model()
         mirrored.set_weights(initial)
         optimizer = make()
     _fit(mirrored, optimizer, x, y, batch_size=128)
-    _assert_weights_close(mirrored, single, rtol=1e-5, atol=1e-6)
+    assert_weights_close(mirrored, single, rtol=1e-5, atol=1e-6)
 
-    unclipped = _model()
+    unclipped = dense_model()
     unclipped.set_weights(initial)
     _fit(unclipped, keras.optimizers.SGD(0.5), x, y, batch_size=128)
     # The clip was active: without it the weights end elsewhere.
@@ -218,7 +205,7 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(digits):
     x[64 + 40, 3] = np.nan  # second batch of 64, in the second replica's half
     strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
     with strategy.scope():
-        model = _model()
+        model = dense_model()
         optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
         model.compile(optimizer=optimizer, loss=LOSS)
     model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
@@ -260,7 +247,7 @@ def test_swa_learning_rate_hands_over_at_start_step_in_closed_form():
 )
 def test_validation_and_evaluate_see_the_averaged_weights(make, digits):
     x, y = digits
-    model = _model()
+    model = dense_model()
     optimizer = make()
     model.compile(optimizer=optimizer, loss=LOSS)
     history = model.fit(
@@ -291,7 +278,7 @@ def test_fit_ends_with_the_documented_final_weights(digits):
     x, y = digits
     results = {}
     for final in ("averaged", "last"):
-        model = _model()
+        model = dense_model()
         optimizer = ExponentialMovingAverage(keras.optimizers.Adam(0.01), decay=0.9, final_weights=final)
         model.compile(optimizer=optimizer, loss=LOSS)
         model.fit(x[:512], y[:512], batch_size=64, epochs=1, verbose=0, shuffle=False)
@@ -305,7 +292,7 @@ def test_fit_ends_with_the_documented_final_weights(digits):
 
 def test_a_checkpoint_written_with_averaged_weights_resumes_from_the_training_weights(digits, tmp_path):
     x, y = digits
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=SWA(keras.optimizers.Adam(0.01), start_step=2, final_weights="last"), loss=LOSS)
     callback = SwapEvaluationWeights()
     model.fit(x[:256], y[:256], batch_size=64, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
@@ -330,7 +317,7 @@ def test_a_checkpoint_written_with_averaged_weights_resumes_from_the_training_we
 
 def test_swap_callback_without_averaging_optimizer_names_the_problem(digits):
     x, y = digits
-    model = _model()
+    model = dense_model()
     model.compile(optimizer="adam", loss=LOSS)
     with pytest.raises(ValueError, match="SwapEvaluationWeights needs an optimizer"):
         model.fit(x[:64], y[:64], verbose=0, callbacks=[SwapEvaluationWeights()])
@@ -341,7 +328,7 @@ def test_averaged_weights_swap_under_mirrored_strategy(digits):
     x, y = digits
     strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
     with strategy.scope():
-        model = _model()
+        model = dense_model()
         optimizer = ExponentialMovingAverage(keras.optimizers.Adam(0.01), decay=0.9, final_weights="last")
         model.compile(optimizer=optimizer, loss=LOSS)
     model.fit(x[:512], y[:512], batch_size=64, epochs=1, verbose=0)
@@ -364,9 +351,9 @@ def test_wrappers_nest_and_round_trip_through_a_keras_file(digits, tmp_path):
     make = lambda: SkipNonFinite(  # noqa: E731
         Lookahead(chain(AGC(0.05), GradientCentralization(), GradientAccumulation(RAdam(0.01), steps=2)))
     )
-    reference = _model()
+    reference = dense_model()
     reference.compile(optimizer=make(), loss=LOSS)
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=make(), loss=LOSS)
     batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 320, 32)]
     for xb, yb in batches:
@@ -375,24 +362,18 @@ def test_wrappers_nest_and_round_trip_through_a_keras_file(digits, tmp_path):
         model.train_on_batch(xb, yb)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
-    assert [type(o).__name__ for o in _chain_of(loaded.optimizer)] == [
+    assert [type(o).__name__ for o in iter_optimizers(loaded.optimizer)] == [
         "SkipNonFinite", "Lookahead", "Chain", "GradientAccumulation", "RAdam",
     ]
     for xb, yb in batches[5:]:
         loaded.train_on_batch(xb, yb)
-    _assert_weights_close(loaded, reference, rtol=1e-6, atol=1e-7)
-
-
-def _chain_of(optimizer):
-    from keras_optsuite.optimizers import iter_optimizers
-
-    return list(iter_optimizers(optimizer))
+    assert_weights_close(loaded, reference, rtol=1e-6, atol=1e-7)
 
 
 def test_multi_optimizer_gives_layers_their_own_wrapped_optimizers(digits, tmp_path):
     """Discriminative learning rates: a frozen first layer, a Lookahead-wrapped head."""
     x, y = digits
-    model = _model()
+    model = dense_model()
     initial = model.get_weights()
     first, head = model.layers
     optimizer = keras.optimizers.MultiOptimizer(
@@ -420,7 +401,7 @@ def test_multi_optimizer_gives_layers_their_own_wrapped_optimizers(digits, tmp_p
 
 def test_a_wrapper_around_a_multi_optimizer_steps_every_sub_optimizer(digits):
     x, y = digits
-    model = _model()
+    model = dense_model()
     first, head = model.layers
     multi = keras.optimizers.MultiOptimizer(
         keras.optimizers.OptimizerMap(
@@ -548,7 +529,7 @@ def test_learning_rate_reads_and_sets_the_inner_optimizers(digits):
     inner = RAdam(0.01)
     optimizer = SkipNonFinite(Lookahead(inner))
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
-    model = _model()
+    model = dense_model()
     model.compile(optimizer=optimizer, loss=LOSS)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=10.0)
     model.fit(x[:256], y[:256], batch_size=64, epochs=2, verbose=0, callbacks=[plateau])

@@ -60,7 +60,11 @@ class Chain:
     def updates(self):
         return self.inner.updates
 
-    def step(self, params, grads):
+    def transform(self, grads, params):
+        """The gradients the inner optimizer receives."""
         for function, config in self.functions:
             grads = function([np.asarray(g, np.float64) for g in grads], params, **config)
-        return self.inner.step(params, grads)
+        return grads
+
+    def step(self, params, grads):
+        return self.inner.step(params, self.transform(grads, params))
