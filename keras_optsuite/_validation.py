@@ -66,6 +66,11 @@ def check_fraction(name: str, value: Any) -> float:
     return check_range(name, value, low=0.0, high=1.0)
 
 
+def check_drop_rate(name: str, value: Any) -> float:
+    """A probability of dropping: ``0 <= value < 1`` (1 would drop everything)."""
+    return check_range(name, value, low=0.0, high=1.0, high_inclusive=False)
+
+
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None

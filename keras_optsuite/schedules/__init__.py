@@ -12,6 +12,7 @@ from keras_optsuite.schedules.cyclical import CyclicalLearningRate
 from keras_optsuite.schedules.inverse_sqrt import InverseSqrtDecay
 from keras_optsuite.schedules.linear_warmup import LinearWarmup
 from keras_optsuite.schedules.one_cycle import OneCycle
+from keras_optsuite.schedules.ramp import Ramp
 from keras_optsuite.schedules.warmup_stable_decay import WarmupStableDecay
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "InverseSqrtDecay",
     "LinearWarmup",
     "OneCycle",
+    "Ramp",
     "ScaledSchedule",
     "WarmupStableDecay",
     "set_learning_rate",

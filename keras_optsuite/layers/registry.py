@@ -1,0 +1,77 @@
+"""The one list of what keras-optsuite ships as layers and regularizers.
+
+Docs, the contract suite (``tests/test_layer_contract.py``) and tracking
+(which layers' rates to record) read it. Adding a layer = its module, its
+row here, its row in the contract suite's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from keras_optsuite.layers.batch_renormalization import BatchRenormalization
+from keras_optsuite.layers.dropblock import DropBlock1D, DropBlock2D
+from keras_optsuite.layers.ghost_batch_normalization import GhostBatchNormalization
+from keras_optsuite.layers.stochastic_depth import DropPath, StochasticDepth
+
+KINDS = ("stochastic", "normalization", "reparameterization", "batch mixing", "regularizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One shipped layer or regularizer: the class, its kind and its paper."""
+
+    cls: type
+    kind: str
+    paper: str
+    url: str
+    # The attribute holding the layer's rate (what DropoutScheduler ramps
+    # and tracking records), or None.
+    rate_attribute: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def registered_name(self) -> str:
+        return keras.saving.get_registered_name(self.cls)
+
+
+def _rows(*specs: LayerSpec) -> dict[str, LayerSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+_DROPBLOCK = "Ghiasi, Lin, Le, 2018, DropBlock: A regularization method for convolutional networks"
+
+LAYERS: dict[str, LayerSpec] = _rows(
+    LayerSpec(DropBlock1D, "stochastic", _DROPBLOCK, "https://arxiv.org/abs/1810.12890", "rate"),
+    LayerSpec(DropBlock2D, "stochastic", _DROPBLOCK, "https://arxiv.org/abs/1810.12890", "rate"),
+    LayerSpec(StochasticDepth, "stochastic",
+              "Huang et al., 2016, Deep Networks with Stochastic Depth",
+              "https://arxiv.org/abs/1603.09382", "survival_probability"),
+    LayerSpec(DropPath, "stochastic",
+              "Larsson et al., 2017, FractalNet (drop-path)",
+              "https://arxiv.org/abs/1605.07648", "rate"),
+    LayerSpec(BatchRenormalization, "normalization",
+              "Ioffe, 2017, Batch Renormalization",
+              "https://arxiv.org/abs/1702.03275"),
+    LayerSpec(GhostBatchNormalization, "normalization",
+              "Hoffer, Hubara, Soudry, 2017, Train longer, generalize better (ghost batch normalization)",
+              "https://arxiv.org/abs/1705.08741"),
+)
+
+
+def rates(model: keras.Model) -> dict[str, float]:
+    """``{"<layer name>.<attribute>": value}`` for every registered layer in ``model``.
+
+    What a tracking callback logs as the model's regularization settings.
+    """
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        spec = LAYERS.get(type(layer).__name__)
+        if spec is not None and spec.cls is type(layer) and spec.rate_attribute:
+            found[f"{layer.name}.{spec.rate_attribute}"] = float(getattr(layer, spec.rate_attribute))
+    return found
