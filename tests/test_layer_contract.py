@@ -26,6 +26,7 @@ test_normalization, test_kernel_reparameterization, test_stochastic_depth.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable
 
 import keras
@@ -91,6 +92,13 @@ SUBJECTS: dict[str, LayerSubject] = {
         _stochastic_depth_inference, residual_pair=True, draws=1000,
     ),
     "DropPath": LayerSubject(lambda: optsuite_layers.DropPath(0.25, seed=3), (4, 3), True),
+    "DropConnect": LayerSubject(
+        lambda: optsuite_layers.DropConnect(keras.layers.Dense(4), rate=0.25, seed=3), (5,), True,
+        _dense_inference, draws=1000,
+    ),
+    "WeightNormalization": LayerSubject(
+        lambda: optsuite_layers.WeightNormalization(keras.layers.Dense(4), data_init=True), (5,), False,
+    ),
     "BatchRenormalization": LayerSubject(
         lambda: optsuite_layers.BatchRenormalization(
             r_max=Ramp(1.0, 3.0, start_step=1, end_step=5), d_max=0.5, momentum=0.5
@@ -226,7 +234,8 @@ def test_keras_round_trip_keeps_config_and_state(name, tmp_path):
     loaded = keras.models.load_model(path)
     layer, loaded_layer = model.layers[-3], loaded.layers[-3]
     assert type(loaded_layer) is type(layer)
-    assert loaded_layer.get_config() == layer.get_config()
+    as_saved = lambda config: json.loads(json.dumps(config))  # noqa: E731 (tuples -> lists)
+    assert as_saved(loaded_layer.get_config()) == as_saved(layer.get_config())
     # Weights, not variables: like Keras's own Dropout, seed-generator states
     # are not saved (a loaded model restarts its random stream from `seed`).
     assert len(loaded.weights) == len(model.weights)

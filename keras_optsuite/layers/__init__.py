@@ -8,19 +8,23 @@ in variables: assigning ``layer.rate`` never retraces (see
 """
 
 from keras_optsuite.layers.batch_renormalization import BatchRenormalization
+from keras_optsuite.layers.drop_connect import DropConnect
 from keras_optsuite.layers.dropblock import DropBlock1D, DropBlock2D
 from keras_optsuite.layers.ghost_batch_normalization import GhostBatchNormalization
 from keras_optsuite.layers.registry import LAYERS, LayerSpec, rates
 from keras_optsuite.layers.stochastic_depth import DropPath, StochasticDepth
+from keras_optsuite.layers.weight_normalization import WeightNormalization
 
 __all__ = [
     "LAYERS",
     "BatchRenormalization",
     "DropBlock1D",
     "DropBlock2D",
+    "DropConnect",
     "DropPath",
     "GhostBatchNormalization",
     "LayerSpec",
     "StochasticDepth",
+    "WeightNormalization",
     "rates",
 ]

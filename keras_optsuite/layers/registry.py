@@ -12,9 +12,11 @@ import dataclasses
 import keras
 
 from keras_optsuite.layers.batch_renormalization import BatchRenormalization
+from keras_optsuite.layers.drop_connect import DropConnect
 from keras_optsuite.layers.dropblock import DropBlock1D, DropBlock2D
 from keras_optsuite.layers.ghost_batch_normalization import GhostBatchNormalization
 from keras_optsuite.layers.stochastic_depth import DropPath, StochasticDepth
+from keras_optsuite.layers.weight_normalization import WeightNormalization
 
 KINDS = ("stochastic", "normalization", "reparameterization", "batch mixing", "regularizer")
 
@@ -55,6 +57,12 @@ LAYERS: dict[str, LayerSpec] = _rows(
     LayerSpec(DropPath, "stochastic",
               "Larsson et al., 2017, FractalNet (drop-path)",
               "https://arxiv.org/abs/1605.07648", "rate"),
+    LayerSpec(DropConnect, "stochastic",
+              "Wan, Zeiler, Zhang, LeCun, Fergus, 2013, Regularization of Neural Networks using DropConnect",
+              "http://proceedings.mlr.press/v28/wan13.html", "rate"),
+    LayerSpec(WeightNormalization, "reparameterization",
+              "Salimans, Kingma, 2016, Weight Normalization",
+              "https://arxiv.org/abs/1602.07868"),
     LayerSpec(BatchRenormalization, "normalization",
               "Ioffe, 2017, Batch Renormalization",
               "https://arxiv.org/abs/1702.03275"),
