@@ -85,6 +85,11 @@ def check_non_negative_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_seed(name: str, value: Any) -> int | None:
+    """A random seed: an integer >= 0, or None for a random one."""
+    return None if value is None else check_non_negative_int(name, value)
+
+
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool, got {name}={value!r}")

@@ -13,9 +13,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from keras_optsuite.optimizers import REGISTRY, WRAPPERS
 
     for spec in REGISTRY.values():
-        print(f"{spec.registered_name:<36} {spec.family:<15} {spec.paper}")
+        print(f"{spec.registered_name:<42} {spec.family:<18} {spec.paper}")
     for spec in WRAPPERS.values():
-        print(f"{spec.registered_name:<36} {'wrapper':<15} {spec.paper}")
+        print(f"{spec.registered_name:<42} {'wrapper':<18} {spec.paper}")
+    from keras_optsuite.layers import LAYERS, REGULARIZERS
+
+    for spec in [*LAYERS.values(), *REGULARIZERS.values()]:
+        print(f"{spec.registered_name:<42} {spec.kind:<18} {spec.paper}")
     return 0
 
 
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    list_parser = commands.add_parser("list", help="list the shipped optimizers and their papers")
+    list_parser = commands.add_parser("list", help="list the shipped optimizers, layers and regularizers with their papers")
     list_parser.set_defaults(handler=_cmd_list)
 
     demo_parser = commands.add_parser(

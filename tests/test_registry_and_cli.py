@@ -103,7 +103,9 @@ def test_cli_version_help_and_list():
     assert "demo" in help_text and "list" in help_text
     listing = _optsuite("list")
     assert listing.returncode == 0
-    for spec in [*REGISTRY.values(), *WRAPPERS.values()]:
+    from keras_optsuite.layers import LAYERS, REGULARIZERS
+
+    for spec in [*REGISTRY.values(), *WRAPPERS.values(), *LAYERS.values(), *REGULARIZERS.values()]:
         assert spec.registered_name in listing.stdout
 
 

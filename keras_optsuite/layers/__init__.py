@@ -11,12 +11,15 @@ from keras_optsuite.layers.batch_renormalization import BatchRenormalization
 from keras_optsuite.layers.drop_connect import DropConnect
 from keras_optsuite.layers.dropblock import DropBlock1D, DropBlock2D
 from keras_optsuite.layers.ghost_batch_normalization import GhostBatchNormalization
-from keras_optsuite.layers.registry import LAYERS, LayerSpec, rates
+from keras_optsuite.layers.mixing import CutMix, MixUp
+from keras_optsuite.layers.registry import LAYERS, REGULARIZERS, LayerSpec, rates
 from keras_optsuite.layers.stochastic_depth import DropPath, StochasticDepth
 from keras_optsuite.layers.weight_normalization import WeightNormalization
 
 __all__ = [
     "LAYERS",
+    "REGULARIZERS",
+    "CutMix",
     "BatchRenormalization",
     "DropBlock1D",
     "DropBlock2D",
@@ -24,6 +27,7 @@ __all__ = [
     "DropPath",
     "GhostBatchNormalization",
     "LayerSpec",
+    "MixUp",
     "StochasticDepth",
     "WeightNormalization",
     "rates",

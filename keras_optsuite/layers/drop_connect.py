@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._config import own_config
-from keras_optsuite._validation import check_non_negative_int, check_range
+from keras_optsuite._validation import check_drop_rate, check_seed
 from keras_optsuite.layers._base import (
     KernelReparameterization,
     add_rate_weight,
@@ -17,11 +17,6 @@ from keras_optsuite.layers._base import (
     rate_property,
     rate_tensor,
 )
-
-
-def _check_rate(name: str, value: Any) -> float:
-    """A kernel drop rate: ``0 <= rate < 1`` (``rate = 1`` drops the whole kernel)."""
-    return check_range(name, value, low=0.0, high=1.0, high_inclusive=False)
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -75,12 +70,12 @@ class DropConnect(KernelReparameterization):
 
     def __init__(self, layer: keras.layers.Layer, rate: float = 0.5, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(layer, **kwargs)
-        rate = _check_rate("rate", rate)
-        self.seed = None if seed is None else check_non_negative_int("seed", seed)
+        rate = check_drop_rate("rate", rate)
+        self.seed = check_seed("seed", seed)
         self._rate_weight = add_rate_weight(self, "rate", rate)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
-    rate = rate_property("rate", _check_rate)
+    rate = rate_property("rate", check_drop_rate)
 
     def _effective_kernel(self, kernel: Any, training: bool) -> Any:
         if not training:

@@ -12,7 +12,7 @@ from keras_optsuite._validation import (
     check_bool,
     check_choice,
     check_drop_rate,
-    check_non_negative_int,
+    check_seed,
     check_positive_int,
 )
 from keras_optsuite.layers._base import add_rate_weight, is_training, random_uniform, rate_property
@@ -41,7 +41,7 @@ class _DropBlock(keras.layers.Layer):
             data_format = keras.config.image_data_format()
         self.data_format = check_choice("data_format", data_format, _DATA_FORMATS)
         self.shared_across_channels = check_bool("shared_across_channels", shared_across_channels)
-        self.seed = None if seed is None else check_non_negative_int("seed", seed)
+        self.seed = check_seed("seed", seed)
         self._rate_weight = add_rate_weight(self, "rate", rate)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.input_spec = keras.InputSpec(ndim=self._spatial_rank + 2)

@@ -1,4 +1,4 @@
-"""The one list of what keras-optsuite ships as layers and regularizers.
+"""The one list of what keras-optsuite ships as layers (``LAYERS``) and regularizers (``REGULARIZERS``).
 
 Docs, the contract suite (``tests/test_layer_contract.py``) and tracking
 (which layers' rates to record) read it. Adding a layer = its module, its
@@ -15,8 +15,10 @@ from keras_optsuite.layers.batch_renormalization import BatchRenormalization
 from keras_optsuite.layers.drop_connect import DropConnect
 from keras_optsuite.layers.dropblock import DropBlock1D, DropBlock2D
 from keras_optsuite.layers.ghost_batch_normalization import GhostBatchNormalization
+from keras_optsuite.layers.mixing import CutMix, MixUp
 from keras_optsuite.layers.stochastic_depth import DropPath, StochasticDepth
 from keras_optsuite.layers.weight_normalization import WeightNormalization
+from keras_optsuite.regularizers import SoftOrthogonal, SpectralRestrictedIsometry
 
 KINDS = ("stochastic", "normalization", "reparameterization", "batch mixing", "regularizer")
 
@@ -69,6 +71,21 @@ LAYERS: dict[str, LayerSpec] = _rows(
     LayerSpec(GhostBatchNormalization, "normalization",
               "Hoffer, Hubara, Soudry, 2017, Train longer, generalize better (ghost batch normalization)",
               "https://arxiv.org/abs/1705.08741"),
+    LayerSpec(MixUp, "batch mixing",
+              "Zhang, Cisse, Dauphin, Lopez-Paz, 2018, mixup: Beyond Empirical Risk Minimization",
+              "https://arxiv.org/abs/1710.09412"),
+    LayerSpec(CutMix, "batch mixing",
+              "Yun et al., 2019, CutMix: Regularization Strategy to Train Strong Classifiers",
+              "https://arxiv.org/abs/1905.04899"),
+)
+
+REGULARIZERS: dict[str, LayerSpec] = _rows(
+    LayerSpec(SoftOrthogonal, "regularizer",
+              "Bansal, Chen, Wang, 2018, Can We Gain More from Orthogonality Regularizations (SO)",
+              "https://arxiv.org/abs/1810.09102"),
+    LayerSpec(SpectralRestrictedIsometry, "regularizer",
+              "Bansal, Chen, Wang, 2018, Can We Gain More from Orthogonality Regularizations (SRIP)",
+              "https://arxiv.org/abs/1810.09102"),
 )
 
 

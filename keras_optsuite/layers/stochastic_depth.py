@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._config import own_config
-from keras_optsuite._validation import check_drop_rate, check_fraction
+from keras_optsuite._validation import check_drop_rate, check_fraction, check_seed
 from keras_optsuite.layers._base import (
     add_rate_weight,
     bernoulli_keep_mask,
@@ -59,7 +59,7 @@ class StochasticDepth(keras.layers.Layer):
         self._survival_probability_weight = add_rate_weight(
             self, "survival_probability", check_fraction("survival_probability", survival_probability)
         )
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
 
@@ -121,7 +121,7 @@ class DropPath(keras.layers.Layer):
     def __init__(self, rate: float = 0.1, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rate_weight = add_rate_weight(self, "rate", check_drop_rate("rate", rate))
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
 

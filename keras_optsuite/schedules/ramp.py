@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_optsuite._validation import check_choice, check_non_negative_int, check_real
 from keras_optsuite.schedules._base import ANNEALING_SHAPES, ScaledSchedule, anneal, fraction
