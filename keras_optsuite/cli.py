@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from keras_optsuite._version import __version__
@@ -30,6 +31,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tracking_replay(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from keras_optsuite.callbacks._journal import Journal
+    from keras_optsuite.callbacks._store import default_journal_path, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    target = Path(args.journal) if args.journal else default_journal_path(tracking_uri)
+    paths = sorted(target.glob("*.jsonl")) if target.is_dir() else [target]
+    journals = [Journal(path) for path in paths]
+    client = mlflow.MlflowClient(tracking_uri)
+    sent = remaining = rejected = 0
+    for journal in journals:
+        rejected_before = len(journal.rejected())
+        journal_sent, journal_remaining = journal.replay(client)
+        sent, remaining = sent + journal_sent, remaining + journal_remaining
+        rejected += len(journal.rejected()) - rejected_before
+    print(f"sent {sent} records to {tracking_uri}; {remaining} remain in {target}")
+    if rejected:
+        print(f"{rejected} records refused by the store, kept in *.rejected beside the journal")
+    return 1 if remaining else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_optsuite.pipelines import demo
 
@@ -48,6 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=_cmd_demo)
+
+    tracking_parser = commands.add_parser("tracking", help="MLflow tracking utilities")
+    tracking_commands = tracking_parser.add_subparsers(
+        dest="tracking_command", metavar="COMMAND", required=True
+    )
+    replay_parser = tracking_commands.add_parser(
+        "replay",
+        help="send the records spooled while the tracking server was unreachable "
+        "(exit 1 if some remain)",
+    )
+    replay_parser.add_argument(
+        "--journal", default=None,
+        help="journal file, or a directory: every *.jsonl in it "
+        "(default: the tracking URI's journal under ./mlruns/journals/)",
+    )
+    replay_parser.add_argument(
+        "--tracking-uri", default=None,
+        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
+    )
+    replay_parser.set_defaults(handler=_cmd_tracking_replay)
     return parser
 
 

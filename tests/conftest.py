@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The suite runs in two pytest-xdist processes on two cores: one op thread
 # each keeps them from fighting over the cores.
 os.environ.setdefault("OPTSUITE_TEST_THREADS", "1")
+# MLflow 3 sends usage telemetry by default: the suite makes no network calls.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 sys.path.insert(0, os.path.dirname(__file__))  # for `import references.<name>`
 
@@ -30,6 +32,13 @@ tf.config.set_logical_device_configuration(
 )
 
 import keras  # noqa: E402
+
+# The real-MLflow-server fixtures, for every test module (tests/mlflow_server.py).
+from mlflow_server import (  # noqa: E402,F401
+    embedded_tracking_uri,
+    mlflow_server,
+    shared_embedded_tracking_uri,
+)
 
 LOGICAL_CPUS = ["/cpu:0", "/cpu:1"]
 

@@ -1,0 +1,463 @@
+"""One Keras callback that gives every run the same complete MLflow record."""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import io
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+
+from keras_optsuite._validation import check_choice, check_positive_int
+from keras_optsuite.callbacks import _run_params
+from keras_optsuite.callbacks._journal import Journal, Sink
+from keras_optsuite.callbacks._store import (
+    default_journal_path,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    server_is_reachable,
+)
+
+MODES = ("auto", "min", "max")
+
+
+def is_chief() -> bool:
+    """Whether this process is the one that logs: the chief, or worker 0 when there is none.
+
+    Read from ``TF_CONFIG`` (what ``MultiWorkerMirroredStrategy`` reads);
+    without it there is one process, and it logs.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    if not cluster or not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+class MLflowTracking(keras.callbacks.Callback):
+    """Track a Keras training run in MLflow: parameters, metrics, artifacts, final status.
+
+    MLflow's own ``MlflowCallback`` logs the optimizer's top-level config, a
+    summary and metrics, puts validation metrics at step 0 (mlflow#14293) and
+    leaves a crashed run RUNNING. This one records, for every run alike:
+
+    - **params**: fit settings (``fit.*``); the optimizer's full config,
+      flattened with dotted keys, wrapped optimizers and learning-rate
+      schedules included (``optimizer.*``); trainable and non-trainable
+      parameter counts; the rates of keras-optsuite regularization layers
+      (``regularization.<layer>.<attribute>``); the distribution strategy and
+      replica count; ``seed``; the versions of Python, TensorFlow, Keras,
+      keras-optsuite and MLflow; the git commit of the working directory (also
+      the ``mlflow.source.git.commit`` tag). Keys naming credentials
+      (password, token, key, secret) are logged as ``<redacted>``.
+    - **metrics**: every epoch's training and validation metrics at
+      ``step = epoch`` (both at the same step); every ``log_every_n_steps``
+      optimizer steps, the batch metrics as ``batch.<name>``, the learning
+      rate applied at that step, ``update_norm`` (the L2 norm of the change of
+      all trainable weights over that step) and ``update_to_weight_ratio``,
+      the step size of learning-rate-free optimizers
+      (``estimated_step_size``) and the steps skipped by ``SkipNonFinite``
+      (``skipped_steps``), at ``step = optimizer iterations``.
+    - **artifacts**: ``model/final.keras`` and ``model/best.keras`` (by
+      ``monitor``), ``model_summary.txt``, ``history.csv``,
+      ``learning_curves.png``, ``optimizer.json``; the training data's digest
+      and shape through ``log_input`` when ``training_data`` is given.
+
+    Only the chief logs under ``MultiWorkerMirroredStrategy`` (the logs Keras
+    hands to callbacks are already reduced across replicas and workers).
+
+    The tracking store must answer when training starts (the run is created
+    then; an unreachable server raises ``ConnectionError`` at once). Records
+    go through an asynchronous sink that batches them; if the tracking
+    server stops answering later, they are spooled to a journal on disk
+    and replayed in order when it answers again (``optsuite tracking
+    replay`` sends what is left). ``fit`` never waits on the server more than
+    ``flush_timeout`` seconds at the end.
+
+    The run ends FINISHED when training ends, KILLED on ``SIGTERM`` or
+    ``KeyboardInterrupt``, and FAILED (with the traceback saved as
+    ``traceback.txt``) when training raises. Keras does not tell callbacks
+    about exceptions, so use the callback as a context manager around
+    ``fit`` to end the run at once; without it, an exception that ends the
+    process still ends the run FAILED (from ``sys.excepthook`` and
+    ``atexit``).
+
+    Args:
+        experiment: the MLflow experiment name (created if missing).
+            Defaults to `"keras-optsuite"`.
+        run_name: the run's name, or None for MLflow's generated one.
+        tags: extra tags for the run.
+        tracking_uri: where to log; None uses ``MLFLOW_TRACKING_URI``, else
+            the embedded store ``sqlite:///mlruns/mlflow.db`` (artifacts in
+            ``mlruns/``).
+        log_every_n_steps: how often batch metrics and telemetry are logged,
+            >= 1. Defaults to `10`.
+        monitor: the epoch metric that picks the best model. Defaults to
+            `"val_loss"` (`"loss"` when there is no validation).
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (``max`` for names with
+            "acc", "auc", "precision", "recall", else ``min``).
+        training_data: ``x`` or ``(x, y)`` NumPy arrays to record with
+            ``log_input`` (digest and shape).
+        seed: the seed used, logged as a param.
+        journal_path: the file unsent records are spooled to. Defaults to
+            one journal per tracking store under ``mlruns/journals/`` (what
+            ``optsuite tracking replay`` reads).
+        flush_timeout: the longest ``fit`` waits for the sink at the end, in
+            seconds. Defaults to `10.0`.
+
+    Example:
+    >>> with MLflowTracking(experiment="digits", run_name="radam") as tracking:
+    ...     model.fit(x, y, validation_split=0.2, epochs=10, callbacks=[tracking])
+    """
+
+    def __init__(
+        self,
+        experiment: str = "keras-optsuite",
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        tracking_uri: str | None = None,
+        log_every_n_steps: int = 10,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        training_data: Any = None,
+        seed: int | None = None,
+        journal_path: str | os.PathLike | None = None,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(experiment, str) or not experiment:
+            raise ValueError(f"experiment must be a non-empty string, got experiment={experiment!r}")
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.tracking_uri = tracking_uri
+        self.log_every_n_steps = check_positive_int("log_every_n_steps", log_every_n_steps)
+        self.monitor = monitor
+        self.mode = check_choice("mode", mode, MODES)
+        self.training_data = training_data
+        self.seed = seed
+        self.journal_path = journal_path
+        self.flush_timeout = float(flush_timeout)
+        self.run_id: str | None = None
+        self._client = None
+        self._sink: Sink | None = None
+        self._active = False
+        self._ended = False
+        self._history: list[dict[str, float]] = []
+        self._best: float | None = None
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._snapshot: list[np.ndarray] | None = None
+        self._learning_rate_at_step: float | None = None
+        self._previous_sigterm: Any = None
+        self._previous_excepthook: Any = None
+        self._failure: str | None = None
+
+    # -- context manager: ends the run on any exception ----------------------------------
+    def __enter__(self) -> MLflowTracking:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None or not self._active:
+            return False
+        if issubclass(exc_type, KeyboardInterrupt):
+            self._end("KILLED")
+        else:
+            self._end("FAILED", "".join(traceback.format_exception(exc_type, exc, tb)))
+        return False
+
+    # -- lifecycle -----------------------------------------------------------
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self._active:  # a run left open by an earlier fit that raised
+            self._end("FAILED", self._failure or "training stopped without reaching on_train_end")
+        self._active = is_chief()
+        if not self._active:
+            return
+        import mlflow
+
+        self._ended = False
+        self._history, self._best = [], None
+        uri = resolve_tracking_uri(self.tracking_uri)
+        if not server_is_reachable(uri):
+            # MLflow would retry for minutes; the run cannot be created offline.
+            self._active = False
+            raise ConnectionError(
+                f"the MLflow tracking server at {uri} does not answer, so no run can be created; "
+                "start it, or unset MLFLOW_TRACKING_URI to use the embedded store mlruns/"
+            )
+        self._client = mlflow.MlflowClient(uri)
+        experiment_id = get_or_create_experiment(self._client, self.experiment)
+        tags = {**self.tags}
+        commit = _run_params.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        journal = Path(self.journal_path) if self.journal_path else default_journal_path(uri)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        self._sink = Sink(self._client, Journal(journal), self.flush_timeout)
+        self._workdir = tempfile.TemporaryDirectory(prefix="optsuite-run-")
+        self._sink.log_params(self.run_id, self._params(commit))
+        self._log_input()
+        self._install_exit_hooks()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._active and not self._ended:
+            self._end("FINISHED")
+
+    def _end(self, status: str, failure: str | None = None) -> None:
+        """Log the artifacts, end the run with ``status``, flush (bounded)."""
+        self._ended, self._active = True, False
+        self._remove_exit_hooks()
+        try:
+            self._log_artifacts(failure)
+        finally:
+            self._sink.terminate(self.run_id, status)
+            self._sink.flush(self.flush_timeout)
+            self._sink.close()
+            if self._workdir is not None:
+                self._workdir.cleanup()
+
+    # -- params --------------------------------------------------------------
+    def _params(self, commit: str | None) -> dict[str, str]:
+        from keras_optsuite.layers import rates
+
+        model = self.model
+        params = _run_params.flatten({k: v for k, v in self.params.items() if k != "verbose"}, "fit")
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None:
+            params.update(_run_params.flatten(keras.optimizers.serialize(optimizer), "optimizer"))
+        params.update(_run_params.parameter_counts(model))
+        params.update({f"regularization.{key}": str(value) for key, value in rates(model).items()})
+        params.update(_run_params.distribution(model.distribute_strategy))
+        params.update(_run_params.versions())
+        if self.seed is not None:
+            params["seed"] = str(self.seed)
+        if commit:
+            params["git.commit"] = commit
+        return params
+
+    def _log_input(self) -> None:
+        if self.training_data is None:
+            return
+        import mlflow
+        from mlflow.entities import DatasetInput, InputTag
+
+        x, y = self.training_data if isinstance(self.training_data, tuple) else (self.training_data, None)
+        dataset = mlflow.data.from_numpy(np.asarray(x), targets=None if y is None else np.asarray(y), name="training")
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
+        self._client.log_inputs(self.run_id, datasets=[entity])
+
+    # -- metrics -------------------------------------------------------------
+    def _iterations(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _logging_step(self, step: int) -> bool:
+        return step % self.log_every_n_steps == 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if not self._active or not self._logging_step(self._iterations() + 1):
+            return
+        self._learning_rate_at_step = _learning_rate(self.model.optimizer)
+        self._snapshot = [np.array(w) for w in self.model.trainable_weights]
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if not self._active:
+            return
+        step = self._iterations()
+        if not self._logging_step(step):
+            return
+        values = {f"batch.{key}": value for key, value in (logs or {}).items()}
+        if self._learning_rate_at_step is not None:
+            values["learning_rate"] = self._learning_rate_at_step
+        if self._snapshot is not None:
+            values.update(_update_norms(self._snapshot, self.model.trainable_weights))
+            self._snapshot = None
+        values.update(_optimizer_telemetry(self.model.optimizer))
+        self._log_metrics(values, step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._active:
+            return
+        logs = dict(logs or {})
+        self._history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        self._log_metrics(logs, epoch)
+        self._save_if_best(logs)
+
+    def _log_metrics(self, values: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = []
+        for key, value in values.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            metrics.append(Metric(key=key, value=number, timestamp=timestamp, step=int(step)))
+        if metrics:
+            self._sink.log_metrics(self.run_id, metrics)
+
+    # -- best model ----------------------------------------------------------
+    def _monitored(self, logs: Mapping[str, Any]) -> str | None:
+        if self.monitor in logs:
+            return self.monitor
+        return "loss" if self.monitor == "val_loss" and "loss" in logs else None
+
+    def _save_if_best(self, logs: Mapping[str, Any]) -> None:
+        key = self._monitored(logs)
+        if key is None:
+            return
+        value = float(logs[key])
+        mode = self.mode
+        if mode == "auto":
+            mode = "max" if any(word in key for word in ("acc", "auc", "precision", "recall")) else "min"
+        better = self._best is None or (value < self._best if mode == "min" else value > self._best)
+        if better and np.isfinite(value):
+            self._best = value
+            self.model.save(Path(self._workdir.name) / "best.keras")
+
+    # -- artifacts -----------------------------------------------------------
+    def _log_artifacts(self, failure: str | None) -> None:
+        directory = Path(self._workdir.name)
+        files: list[tuple[Path, str | None]] = []
+        if failure:
+            (directory / "traceback.txt").write_text(failure)
+            files.append((directory / "traceback.txt", None))
+        try:
+            self.model.save(directory / "final.keras")
+            files.append((directory / "final.keras", "model"))
+        except Exception as error:  # noqa: BLE001 - a model that cannot be saved must not hide the status
+            (directory / "final_model_error.txt").write_text(repr(error))
+            files.append((directory / "final_model_error.txt", "model"))
+        if (directory / "best.keras").exists():
+            files.append((directory / "best.keras", "model"))
+        summary = io.StringIO()
+        self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+        (directory / "model_summary.txt").write_text(summary.getvalue())
+        files.append((directory / "model_summary.txt", None))
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            (directory / "optimizer.json").write_text(
+                json.dumps(keras.optimizers.serialize(optimizer), indent=2, default=str)
+            )
+            files.append((directory / "optimizer.json", None))
+        if self._history:
+            _write_history(self._history, directory / "history.csv")
+            files.append((directory / "history.csv", None))
+            _plot_history(self._history, directory / "learning_curves.png")
+            files.append((directory / "learning_curves.png", None))
+        for path, artifact_path in files:
+            try:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+            except Exception as error:  # noqa: BLE001 - the server may be down: keep a local copy
+                keep = Path(self._sink.journal.path).parent / "unsent-artifacts" / self.run_id / (artifact_path or "")
+                keep.mkdir(parents=True, exist_ok=True)
+                (keep / path.name).write_bytes(path.read_bytes())
+                print(f"MLflowTracking: could not upload {path.name} ({error}); kept in {keep}", file=sys.stderr)
+
+    # -- exit hooks: never leave a run RUNNING -----------------------------------------
+    def _install_exit_hooks(self) -> None:
+        self._previous_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
+        atexit.register(self._at_exit)
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _remove_exit_hooks(self) -> None:
+        if self._previous_excepthook is not None and sys.excepthook == self._excepthook:
+            sys.excepthook = self._previous_excepthook
+        atexit.unregister(self._at_exit)
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self._previous_excepthook = self._previous_sigterm = None
+
+    def _excepthook(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._failure = "".join(traceback.format_exception(exc_type, exc, tb))
+        previous = self._previous_excepthook or sys.__excepthook__
+        if self._active:
+            self._end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED", self._failure)
+        previous(exc_type, exc, tb)
+
+    def _at_exit(self) -> None:
+        if self._active:
+            self._end("FAILED", self._failure or "the process exited during training")
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        previous = self._previous_sigterm
+        if self._active:
+            self._end("KILLED")
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise SystemExit(128 + signum)
+
+
+def _learning_rate(optimizer: Any) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _update_norms(before: list[np.ndarray], weights: list[Any]) -> dict[str, float]:
+    update = sum(float(np.sum(np.square(np.asarray(w, np.float64) - b))) for b, w in zip(before, weights))
+    size = sum(float(np.sum(np.square(np.asarray(b, np.float64)))) for b in before)
+    norm = float(np.sqrt(update))
+    return {"update_norm": norm, "update_to_weight_ratio": norm / np.sqrt(size) if size > 0 else 0.0}
+
+
+def _optimizer_telemetry(optimizer: Any) -> dict[str, float]:
+    from keras_optsuite.optimizers._base import LearningRateFree
+    from keras_optsuite.optimizers._wrapper import iter_optimizers
+
+    values = {}
+    for inner in iter_optimizers(optimizer):
+        if isinstance(inner, LearningRateFree):
+            values["estimated_step_size"] = float(inner.estimated_step_size)
+        skipped = getattr(inner, "skipped_steps", None)
+        if skipped is not None and not callable(skipped):
+            values["skipped_steps"] = float(keras.ops.convert_to_numpy(skipped))
+    return values
+
+
+def _write_history(history: list[dict[str, float]], path: Path) -> None:
+    columns = ["epoch"] + sorted({key for row in history for key in row} - {"epoch"})
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _plot_history(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({key for row in history for key in row} - {"epoch"})
+    bases = [name for name in names if not name.startswith("val_")]
+    figure, axes = plt.subplots(1, max(len(bases), 1), figsize=(4.5 * max(len(bases), 1), 3.5), squeeze=False)
+    for axis, base in zip(axes[0], bases):
+        for name in (base, f"val_{base}"):
+            points = [(row["epoch"], row[name]) for row in history if name in row]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=name)
+        axis.set_xlabel("epoch")
+        axis.set_title(base)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,286 @@
+"""MLflowTracking leaves every run with the same complete record, and never RUNNING.
+
+Against the embedded SQLite store (in a temporary working directory) and a
+real ``mlflow server`` on 127.0.0.1 (``tests/mlflow_server.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from keras_optsuite.callbacks._run_params import flatten, is_secret
+from keras_optsuite.callbacks.mlflow_tracking import MLflowTracking, is_chief
+from keras_optsuite.layers import DropPath
+from keras_optsuite.optimizers import Lookahead, RAdam
+from keras_optsuite.schedules import OneCycle
+
+
+EPOCHS = 3
+BATCH = 64
+EVERY = 5
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(16, activation="tanh")(inputs)
+    hidden = DropPath(0.125, name="drop")(hidden)
+    return keras.Model(inputs, keras.layers.Dense(10)(hidden))
+
+
+def _train(digits, tracking, optimizer=None, **fit):
+    x, y = digits
+    model = _model()
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_split=0.25, verbose=0,
+                        callbacks=[tracking], **fit)
+    return model, history
+
+
+def _metric(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _artifacts(client, run_id, path=None):
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found.extend(_artifacts(client, run_id, item.path) if item.is_dir else [item.path])
+    return sorted(found)
+
+
+def _check_complete_record(client, run_id, model, history, digits):
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    # params: fit settings, the optimizer's whole config, counts, layer rates, versions
+    assert params["fit.epochs"] == str(EPOCHS)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert params["model.trainable_params"] == str(trainable)
+    assert params["regularization.drop.rate"] == "0.125"
+    assert params["distribution.replicas"] == "1"
+    assert params["version.keras"] == keras.__version__
+    # metrics: each epoch's train and validation values at step = epoch
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        logged = _metric(client, run_id, key)
+        assert [step for step, _ in logged] == list(range(EPOCHS)), key
+        np.testing.assert_allclose([v for _, v in logged], history.history[key], rtol=1e-6)
+    # batch metrics and telemetry every EVERY optimizer steps
+    steps_per_epoch = int(np.ceil(np.floor(0.75 * len(digits[0])) / BATCH))
+    expected_steps = [s for s in range(1, EPOCHS * steps_per_epoch + 1) if s % EVERY == 0]
+    for key in ("batch.loss", "learning_rate", "update_norm", "update_to_weight_ratio"):
+        assert [step for step, _ in _metric(client, run_id, key)] == expected_steps, key
+    assert all(value > 0 for _, value in _metric(client, run_id, "update_norm"))
+    # artifacts
+    assert _artifacts(client, run_id) == sorted([
+        "history.csv", "learning_curves.png", "model/best.keras", "model/final.keras",
+        "model_summary.txt", "optimizer.json",
+    ])
+    return run
+
+
+def test_embedded_store_gets_the_complete_record(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = MLflowTracking(experiment="digits", run_name="adam", log_every_n_steps=EVERY,
+                              training_data=digits, seed=7)
+    model, history = _train(digits, tracking)
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = _check_complete_record(client, tracking.run_id, model, history, digits)
+    assert run.data.params["seed"] == "7"
+    assert run.info.run_name == "adam"
+    learning_rates = [value for _, value in _metric(client, tracking.run_id, "learning_rate")]
+    assert learning_rates and all(value == pytest.approx(1e-3) for value in learning_rates)
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.digest and "1797" in dataset.profile  # digest and shape
+    artifacts_root = tmp_path / "mlruns"
+    assert any(artifacts_root.rglob("final.keras")), "artifacts live under mlruns/"
+
+
+def test_real_server_gets_the_complete_record(digits, tmp_path, monkeypatch, mlflow_server):
+    monkeypatch.chdir(tmp_path)
+    tracking = MLflowTracking(experiment="digits-server", tracking_uri=mlflow_server.uri, log_every_n_steps=EVERY)
+    model, history = _train(digits, tracking)
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    _check_complete_record(client, tracking.run_id, model, history, digits)
+    best = client.download_artifacts(tracking.run_id, "model/best.keras", str(tmp_path))
+    reloaded = keras.models.load_model(best)
+    x, y = digits
+    split = int(np.floor(0.75 * len(x)))  # Keras's validation_split
+    reloaded.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = reloaded.evaluate(x[split:], y[split:], verbose=0, batch_size=BATCH, return_dict=True)["loss"]
+    assert loss == pytest.approx(min(history.history["val_loss"]), rel=1e-4), "best.keras is the best epoch's"
+
+
+def test_wrapped_optimizer_and_schedule_are_flattened_with_dotted_keys(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracking = MLflowTracking(experiment="wrapped", log_every_n_steps=EVERY)
+    optimizer = Lookahead(RAdam(OneCycle(1e-2, total_steps=100)), sync_period=4)
+    _train(digits, tracking, optimizer=optimizer)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    params = client.get_run(tracking.run_id).data.params
+    assert params["optimizer.class_name"] == "Lookahead"
+    assert params["optimizer.sync_period"] == "4"
+    assert params["optimizer.inner.class_name"] == "RAdam"
+    assert params["optimizer.inner.learning_rate.class_name"] == "OneCycle"
+    assert params["optimizer.inner.learning_rate.maximal_learning_rate"] == "0.01"
+    # the learning rate logged is the one the schedule applied at that step
+    logged = _metric(client, tracking.run_id, "learning_rate")
+    schedule = OneCycle(1e-2, total_steps=100)
+    for step, value in logged:
+        assert value == pytest.approx(float(schedule(step - 1)), rel=1e-6)
+
+
+def test_secrets_are_redacted_by_key():
+    assert is_secret("password") and is_secret("api_key") and is_secret("aws.secret") and is_secret("auth_token")
+    assert not is_secret("tokens_per_batch") and not is_secret("monkey") and not is_secret("keep_prob")
+    flat = flatten({"db": {"password": "hunter2", "host": "h"}, "api_key": "abc", "rate": 0.5}, "cfg")
+    assert flat == {"cfg.db.password": "<redacted>", "cfg.db.host": "h", "cfg.api_key": "<redacted>", "cfg.rate": "0.5"}
+
+
+def _fit_inside_the_context(digits, tracking, stopper, error):
+    """``with tracking: fit(...)`` with a callback that raises ``error``; the embedded store's client."""
+    with pytest.raises(error), tracking:
+        x, y = digits
+        model = _model()
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=EPOCHS, verbose=0, callbacks=[tracking, stopper])
+    return mlflow.MlflowClient("sqlite:///" + os.path.abspath("mlruns/mlflow.db"))
+
+
+def test_failure_inside_the_context_ends_the_run_failed_with_its_traceback(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("loss went to the moon")
+
+    tracking = MLflowTracking(experiment="failures")
+    client = _fit_inside_the_context(digits, tracking, Explode(), RuntimeError)
+    assert client.get_run(tracking.run_id).info.status == "FAILED"
+    text = Path(client.download_artifacts(tracking.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert "loss went to the moon" in text
+    assert [s for s, _ in _metric(client, tracking.run_id, "loss")] == [0, 1], "metrics up to the failure"
+
+
+def test_keyboard_interrupt_ends_the_run_killed(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    tracking = MLflowTracking(experiment="interrupts")
+    client = _fit_inside_the_context(digits, tracking, Interrupt(), KeyboardInterrupt)
+    assert client.get_run(tracking.run_id).info.status == "KILLED"
+
+
+def test_only_the_chief_logs(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief()
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    monkeypatch.setenv("TF_CONFIG", f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": 1}}}}'.replace("'", '"'))
+    assert not is_chief()
+    monkeypatch.setenv("TF_CONFIG", f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": 0}}}}'.replace("'", '"'))
+    assert is_chief()
+    with_chief = {"chief": ["localhost:3"], **cluster}
+    monkeypatch.setenv("TF_CONFIG", f'{{"cluster": {with_chief}, "task": {{"type": "worker", "index": 0}}}}'.replace("'", '"'))
+    assert not is_chief()
+
+
+def test_a_non_chief_worker_creates_no_run(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+                                    '"task": {"type": "worker", "index": 1}}')
+    tracking = MLflowTracking(experiment="workers")
+    _train(digits, tracking)
+    assert tracking.run_id is None
+    assert not (tmp_path / "mlruns").exists()
+
+
+_SCRIPT = """
+import os, sys, time
+import numpy as np, keras
+from keras_optsuite.callbacks.mlflow_tracking import MLflowTracking
+mode = sys.argv[1]
+class Hook(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if mode == "raise":
+            raise ValueError("uncaught in a script")
+        print("EPOCH", epoch, flush=True)
+        time.sleep(60)
+tracking = MLflowTracking(experiment="scripts")
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+model.compile(optimizer="sgd", loss="mse")
+x = np.ones((32, 4), "float32")
+print("RUN", flush=True)
+model.fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[tracking, Hook()])
+"""
+
+
+def _script(tmp_path, mode):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(_SCRIPT))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, str(script), mode], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _only_run(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("scripts").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.slow
+def test_uncaught_exception_in_a_script_ends_the_run_failed(tmp_path):
+    process = _script(tmp_path, "raise")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and "uncaught in a script" in stderr
+    client, run = _only_run(tmp_path)
+    assert run.info.status == "FAILED"
+    text = Path(client.download_artifacts(run.info.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert "uncaught in a script" in text
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed(tmp_path):
+    process = _script(tmp_path, "sleep")
+    deadline = time.monotonic() + 120
+    for line in process.stdout:
+        if line.startswith("EPOCH") or time.monotonic() > deadline:
+            break
+    process.terminate()
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    _, run = _only_run(tmp_path)
+    assert run.info.status == "KILLED"
+
+
+def test_an_unreachable_server_at_the_start_fails_fast_and_names_it(digits, tmp_path, monkeypatch):
+    from mlflow_server import free_port
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tracking = MLflowTracking(experiment="down", tracking_uri=uri)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=uri.replace(".", r"\.")):
+        _train(digits, tracking)
+    assert time.monotonic() - started < 30
