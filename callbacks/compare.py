@@ -51,12 +51,20 @@ _MAX_LEGEND_ENTRIES = 20
 _BASE_COLUMNS = ["run_id", "run_name", "status", "start_time", "duration_s"]
 
 
+# Metric names whose best value is the maximum; every other metric is best
+# at its minimum (Keras's ModelCheckpoint "auto" convention, extended).
+_HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou")
+
+
 def lower_is_better(metric: str) -> bool:
     """Whether the best value of ``metric`` is its minimum.
 
     True when the name contains ``"loss"`` or ``"error"`` (case-insensitive:
-    ``loss``, ``val_loss``, ``mean_squared_error``, ``top1_error``); every other
-    metric (accuracy, AUC, learning rate, ...) is best at its maximum.
+    ``loss``, ``val_loss``, ``mean_squared_error``, ``top1_error``); False when
+    it names a score (``acc``, ``auc``, ``precision``, ``recall``, ``f1``,
+    ``iou``: accuracy, AUC, F1, ...); True for every other metric (``mae``,
+    ``mse``, ``perplexity``, ...), as Keras's ``ModelCheckpoint`` does in
+    ``"auto"`` mode. ``MLflowTracking`` picks its best model by the same rule.
 
     Example::
 
@@ -64,7 +72,9 @@ def lower_is_better(metric: str) -> bool:
         lower_is_better("val_accuracy")  # False
     """
     name = metric.lower()
-    return "loss" in name or "error" in name
+    if "loss" in name or "error" in name:
+        return True
+    return not any(word in name for word in _HIGHER_IS_BETTER)
 
 
 def compare_runs(

@@ -28,6 +28,7 @@ from keras_optsuite.callbacks._store import (
     resolve_tracking_uri,
     server_is_reachable,
 )
+from keras_optsuite.callbacks.compare import lower_is_better
 
 MODES = ("auto", "min", "max")
 
@@ -107,8 +108,8 @@ class MLflowTracking(keras.callbacks.Callback):
             >= 1. Defaults to `10`.
         monitor: the epoch metric that picks the best model. Defaults to
             `"val_loss"` (`"loss"` when there is no validation).
-        mode: ``"min"``, ``"max"`` or ``"auto"`` (``max`` for names with
-            "acc", "auc", "precision", "recall", else ``min``).
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (the rule of
+            :func:`keras_optsuite.callbacks.compare.lower_is_better`).
         training_data: ``x`` or ``(x, y)`` NumPy arrays to record with
             ``log_input`` (digest and shape).
         seed: the seed used, logged as a param.
@@ -323,7 +324,7 @@ class MLflowTracking(keras.callbacks.Callback):
         value = float(logs[key])
         mode = self.mode
         if mode == "auto":
-            mode = "max" if any(word in key for word in ("acc", "auc", "precision", "recall")) else "min"
+            mode = "min" if lower_is_better(key) else "max"
         better = self._best is None or (value < self._best if mode == "min" else value > self._best)
         if better and np.isfinite(value):
             self._best = value

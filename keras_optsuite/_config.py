@@ -1,4 +1,4 @@
-"""``get_config`` from the constructor's signature, written once.
+"""``get_config`` from the constructor's signature, and registry-row names, written once.
 
 Optimizers, wrappers, schedules and layers store each constructor argument
 under an attribute of the same name; their ``get_config`` reads those
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 from typing import Any
+
+import keras
 
 
 def own_arg_names(cls: type, skip: frozenset[str] = frozenset({"self", "kwargs"})) -> list[str]:
@@ -24,3 +26,21 @@ def own_config(obj: Any, skip: frozenset[str] = frozenset({"self", "kwargs"})) -
         value = getattr(obj, name)
         config[name] = list(value) if isinstance(value, tuple) else value
     return config
+
+
+class NamedByClass:
+    """``name`` and ``registered_name`` of a registry row, read from its ``cls``.
+
+    Shared by the optimizer, wrapper, layer and regularizer registries.
+    """
+
+    cls: type
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def registered_name(self) -> str:
+        """The string Keras resolves to the class (``"keras_optsuite>Name"``)."""
+        return keras.saving.get_registered_name(self.cls)

@@ -12,6 +12,7 @@ import pytest
 
 from keras_optsuite import layers, regularizers
 from keras_optsuite.layers import LAYERS, REGULARIZERS
+from keras_optsuite.layers.registry import KINDS
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -31,6 +32,7 @@ def test_every_shipped_layer_and_regularizer_is_in_the_registry():
 @pytest.mark.parametrize("spec", [*LAYERS.values(), *REGULARIZERS.values()], ids=lambda s: s.name)
 def test_row_is_registered_cited_and_documented(spec):
     assert spec.registered_name == f"keras_optsuite>{spec.name}"
+    assert spec.kind in KINDS
     assert keras.saving.get_registered_object(spec.registered_name) is spec.cls
     assert spec.url in spec.cls.__doc__, "the docstring cites the paper"
     arguments = [p for p in inspect.signature(spec.cls.__init__).parameters if p not in ("self", "kwargs")]

@@ -291,6 +291,7 @@ def test_lower_is_better_by_name():
     assert lower_is_better("loss") and lower_is_better("val_loss")
     assert lower_is_better("mean_squared_error") and lower_is_better("Top1_Error")
     assert not lower_is_better("accuracy") and not lower_is_better("val_auc")
+    assert lower_is_better("val_mae") and not lower_is_better("f1_score")  # Keras's "auto" default: min
 
 
 @pytest.mark.parametrize(

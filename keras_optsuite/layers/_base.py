@@ -93,8 +93,8 @@ def random_uniform(seed_generator: keras.random.SeedGenerator, shape: Any, dtype
     strategy (replica 0) the draw is the generator's own.
     """
     seed = ops.cast(seed_generator.next(), "int64")
-    replica_id = tf.distribute.get_replica_context()
-    offset = 0 if replica_id is None else replica_id.replica_id_in_sync_group
+    context = tf.distribute.get_replica_context()  # None in a cross-replica context
+    offset = 0 if context is None else context.replica_id_in_sync_group
     offset = ops.cast(offset, "int64")
     seed = ops.stack([seed[0], seed[1] + offset])
     seed = ops.cast(ops.mod(seed, 2**31 - 1), "int32")

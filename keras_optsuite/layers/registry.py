@@ -11,6 +11,7 @@ import dataclasses
 
 import keras
 
+from keras_optsuite._config import NamedByClass
 from keras_optsuite.layers.batch_renormalization import BatchRenormalization
 from keras_optsuite.layers.drop_connect import DropConnect
 from keras_optsuite.layers.dropblock import DropBlock1D, DropBlock2D
@@ -24,7 +25,7 @@ KINDS = ("stochastic", "normalization", "reparameterization", "batch mixing", "r
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerSpec:
+class LayerSpec(NamedByClass):
     """One shipped layer or regularizer: the class, its kind and its paper."""
 
     cls: type
@@ -34,14 +35,6 @@ class LayerSpec:
     # The attribute holding the layer's rate (what DropoutScheduler ramps
     # and tracking records), or None.
     rate_attribute: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.cls.__name__
-
-    @property
-    def registered_name(self) -> str:
-        return keras.saving.get_registered_name(self.cls)
 
 
 def _rows(*specs: LayerSpec) -> dict[str, LayerSpec]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 
+from keras_optsuite._config import NamedByClass
 from keras_optsuite.optimizers.adabelief import AdaBelief
 from keras_optsuite.optimizers.adan import Adan
 from keras_optsuite.optimizers.ademamix import AdEMAMix
@@ -53,23 +54,8 @@ from keras_optsuite.optimizers.schedule_free import (
 )
 
 
-class _NamedByClass:
-    """``name`` and ``registered_name`` of a registry row, read from its class."""
-
-    cls: type
-
-    @property
-    def name(self) -> str:
-        return self.cls.__name__
-
-    @property
-    def registered_name(self) -> str:
-        """The string accepted by ``model.compile(optimizer=...)``."""
-        return keras.saving.get_registered_name(self.cls)
-
-
 @dataclasses.dataclass(frozen=True)
-class OptimizerSpec(_NamedByClass):
+class OptimizerSpec(NamedByClass):
     """One shipped optimizer.
 
     Attributes:
@@ -281,7 +267,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class WrapperSpec(_NamedByClass):
+class WrapperSpec(NamedByClass):
     """One shipped wrapper: takes an inner optimizer and adds one idea.
 
     Attributes:
