@@ -73,9 +73,24 @@ def parameter_counts(model: keras.Model) -> dict[str, str]:
     }
 
 
+def strategy_name(strategy: Any) -> str:
+    """The public ``tf.distribute`` name of ``strategy``'s class.
+
+    ``tf.distribute.MultiWorkerMirroredStrategy`` is the class
+    ``CollectiveAllReduceStrategy``; users know it by the exported name.
+    """
+    import tensorflow as tf
+
+    cls = type(strategy)
+    for name in dir(tf.distribute):
+        if name.endswith("Strategy") and getattr(tf.distribute, name) is cls:
+            return name
+    return cls.__name__
+
+
 def distribution(strategy: Any) -> dict[str, str]:
     return {
-        "distribution.strategy": type(strategy).__name__,
+        "distribution.strategy": strategy_name(strategy),
         "distribution.replicas": str(strategy.num_replicas_in_sync),
     }
 

@@ -218,9 +218,11 @@ def _install_fail_fast_hook() -> None:
 
     Every REST call of the tracking and registry clients goes through
     ``rest_utils.call_endpoint`` -> ``rest_utils.http_request``, which reads
-    the retry settings from the environment when its arguments are None. The
-    wrapper fills those arguments in only on threads inside
-    :func:`fail_fast_http`; everywhere else it passes calls through unchanged.
+    the retry settings from the environment when its arguments are None; the
+    server's artifact repository (``mlflow-artifacts:``) imported the same
+    function by name, so its binding is replaced too. The wrapper fills
+    those arguments in only on threads inside :func:`fail_fast_http`;
+    everywhere else it passes calls through unchanged.
     """
     global _installed
     with _install_lock:
@@ -241,6 +243,10 @@ def _install_fail_fast_hook() -> None:
 
         http_request.__wrapped_by_keras_optsuite__ = True
         rest_utils.http_request = http_request
+        from mlflow.store.artifact import http_artifact_repo
+
+        if http_artifact_repo.http_request is original:
+            http_artifact_repo.http_request = http_request
         _installed = True
 
 
@@ -258,8 +264,8 @@ def fail_fast_http(
     single attempt: a refused connection fails in milliseconds (measured:
     median 2 ms, worst 19 ms), an unreachable host after ``connect_timeout``
     seconds, a hung server after ``read_timeout`` seconds. Other threads, and arguments a caller passes
-    explicitly, are unaffected; the environment is not modified. Artifact
-    uploads do not go through this path and keep MLflow's settings.
+    explicitly, are unaffected; the environment is not modified. Uploads to
+    a server's artifact store (``mlflow-artifacts:``) fail fast too.
 
     Example:
     >>> with fail_fast_http():

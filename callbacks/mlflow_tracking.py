@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,8 +23,11 @@ import numpy as np
 from keras_optsuite._validation import check_choice, check_positive_int
 from keras_optsuite.callbacks import _run_params
 from keras_optsuite.callbacks._journal import Journal, Sink
+from keras_optsuite.callbacks._logged_model import input_example, log_keras_model
+from keras_optsuite.callbacks._resume import RunState
 from keras_optsuite.callbacks._store import (
     default_journal_path,
+    fail_fast_http,
     get_or_create_experiment,
     resolve_tracking_uri,
     server_is_reachable,
@@ -67,18 +71,33 @@ class MLflowTracking(keras.callbacks.Callback):
     - **metrics**: every epoch's training and validation metrics at
       ``step = epoch`` (both at the same step); every ``log_every_n_steps``
       optimizer steps, the batch metrics as ``batch.<name>``, the learning
-      rate applied at that step, ``update_norm`` (the L2 norm of the change of
-      all trainable weights over that step) and ``update_to_weight_ratio``,
-      the step size of learning-rate-free optimizers
-      (``estimated_step_size``) and the steps skipped by ``SkipNonFinite``
-      (``skipped_steps``), at ``step = optimizer iterations``.
+      rate applied at that step, ``gradient_norm`` (the L2 norm of the
+      gradient summed across replicas, as the optimizer receives it),
+      ``update_norm`` (the L2 norm of the change of all trainable weights
+      over that step) and ``update_to_weight_ratio``, the step size of
+      learning-rate-free optimizers (``estimated_step_size``) and the steps
+      skipped by ``SkipNonFinite`` (``skipped_steps``), at
+      ``step = optimizer iterations``.
     - **artifacts**: ``model/final.keras`` and ``model/best.keras`` (by
       ``monitor``), ``model_summary.txt``, ``history.csv``,
       ``learning_curves.png``, ``optimizer.json``; the training data's digest
-      and shape through ``log_input`` when ``training_data`` is given.
+      and shape through ``log_input`` when ``training_data`` is given. When
+      the run ends FINISHED, the final and best models are also MLflow
+      logged models named ``final`` and ``best`` (signature and input
+      example from ``training_data``'s first rows, else zeros of the
+      model's input shape; loadable with ``mlflow.keras.load_model``).
 
     Only the chief logs under ``MultiWorkerMirroredStrategy`` (the logs Keras
     hands to callbacks are already reduced across replicas and workers).
+
+    **Resume.** Give the ``backup_dir`` of a ``keras.callbacks.BackupAndRestore``
+    used in the same ``fit``: a job killed (even with ``kill -9``) and started
+    again continues the same MLflow run (status back to RUNNING, tag
+    ``keras_optsuite.resumes``). Steps continue from the restored optimizer
+    iterations and epoch; a step that the killed job already logged is not
+    logged again (the first measurement stays), so every step appears once.
+    The run id, the epoch history and the best model wait in
+    ``<backup_dir>.mlflow-run/``, deleted when the run ends FINISHED.
 
     The tracking store must answer when training starts (the run is created
     then; an unreachable server raises ``ConnectionError`` at once). Records
@@ -118,6 +137,11 @@ class MLflowTracking(keras.callbacks.Callback):
             ``optsuite tracking replay`` reads).
         flush_timeout: the longest ``fit`` waits for the sink at the end, in
             seconds. Defaults to `10.0`.
+        backup_dir: the ``backup_dir`` of the ``BackupAndRestore`` callback
+            of the same ``fit``, to continue the run after a restart; None
+            starts a new run every time. Defaults to `None`.
+        log_model: log the final and best models as MLflow logged models
+            when the run ends FINISHED (about a second each). Defaults to `True`.
 
     Example:
     >>> with MLflowTracking(experiment="digits", run_name="radam") as tracking:
@@ -137,6 +161,8 @@ class MLflowTracking(keras.callbacks.Callback):
         seed: int | None = None,
         journal_path: str | os.PathLike | None = None,
         flush_timeout: float = 10.0,
+        backup_dir: str | os.PathLike | None = None,
+        log_model: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(experiment, str) or not experiment:
@@ -152,14 +178,24 @@ class MLflowTracking(keras.callbacks.Callback):
         self.seed = seed
         self.journal_path = journal_path
         self.flush_timeout = float(flush_timeout)
+        self.backup_dir = backup_dir
+        self._resume_state = RunState(backup_dir) if backup_dir is not None else None
+        self.log_model = bool(log_model)
         self.run_id: str | None = None
+        self._tracking_uri: str | None = None
+        self._experiment_id: str | None = None
+        self._last_steps: dict[str, int] = {}
+        self._resumes = 0
+        self._best_step = 0
+        self._gradient_norm = None
         self._client = None
         self._sink: Sink | None = None
         self._active = False
         self._ended = False
         self._history: list[dict[str, float]] = []
         self._best: float | None = None
-        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._directory: Path | None = None
+        self._temporary: tempfile.TemporaryDirectory | None = None
         self._snapshot: list[np.ndarray] | None = None
         self._learning_rate_at_step: float | None = None
         self._previous_sigterm: Any = None
@@ -183,14 +219,16 @@ class MLflowTracking(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self._active:  # a run left open by an earlier fit that raised
             self._end("FAILED", self._failure or "training stopped without reaching on_train_end")
+        self._install_gradient_norm_probe()  # on every worker: the same graph everywhere
         self._active = is_chief()
         if not self._active:
             return
         import mlflow
 
         self._ended = False
-        self._history, self._best = [], None
-        uri = resolve_tracking_uri(self.tracking_uri)
+        self._history, self._best, self._best_step = [], None, 0
+        self._last_steps, self._resumes = {}, 0
+        uri = self._tracking_uri = resolve_tracking_uri(self.tracking_uri)
         if not server_is_reachable(uri):
             # MLflow would retry for minutes; the run cannot be created offline.
             self._active = False
@@ -199,20 +237,97 @@ class MLflowTracking(keras.callbacks.Callback):
                 "start it, or unset MLFLOW_TRACKING_URI to use the embedded store mlruns/"
             )
         self._client = mlflow.MlflowClient(uri)
-        experiment_id = get_or_create_experiment(self._client, self.experiment)
-        tags = {**self.tags}
+        journal_path = Path(self.journal_path) if self.journal_path else default_journal_path(uri)
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
+        journal = Journal(journal_path)
+        saved = self._resume_state.load() if self._resume_state is not None else None
+        if saved is not None and saved.get("tracking_uri") != uri:
+            warnings.warn(
+                f"{self._resume_state.directory} belongs to a run in {saved.get('tracking_uri')}, "
+                f"not {uri}: starting a new run",
+                stacklevel=2,
+            )
+            saved = None
+        resumed = saved is not None and self._reattach(saved, journal)
         commit = _run_params.git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        run = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags)
-        self.run_id = run.info.run_id
-        journal = Path(self.journal_path) if self.journal_path else default_journal_path(uri)
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = Sink(self._client, Journal(journal), self.flush_timeout)
-        self._workdir = tempfile.TemporaryDirectory(prefix="optsuite-run-")
-        self._sink.log_params(self.run_id, self._params(commit))
-        self._log_input()
+        if not resumed:
+            self._experiment_id = get_or_create_experiment(self._client, self.experiment)
+            tags = {**self.tags}
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            run = self._client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
+            self.run_id = run.info.run_id
+        self._sink = Sink(self._client, journal, self.flush_timeout)
+        if self._resume_state is not None:
+            self._directory, self._temporary = self._resume_state.directory, None
+            self._directory.mkdir(parents=True, exist_ok=True)
+        else:
+            self._temporary = tempfile.TemporaryDirectory(prefix="optsuite-run-")
+            self._directory = Path(self._temporary.name)
+        if resumed:
+            self._sink.set_tags(self.run_id, {"keras_optsuite.resumes": str(self._resumes)})
+        else:
+            self._sink.log_params(self.run_id, self._params(commit))
+            self._log_input()
+        self._save_resume_state()
         self._install_exit_hooks()
+
+    def _reattach(self, saved: Mapping[str, Any], journal: Journal) -> bool:
+        """Continue the run of ``saved``: False (with a warning) when it is gone."""
+        from mlflow.exceptions import MlflowException
+
+        # A stale record (a KILLED terminate from the previous process) must
+        # reach the store before the run is set RUNNING again.
+        with fail_fast_http():
+            _, remaining = journal.replay(self._client)
+        if remaining:
+            raise ConnectionError(
+                f"{remaining} records of earlier runs in {journal.path} could not be sent to "
+                f"{self._tracking_uri}; the run {saved['run_id']} cannot be resumed before they are"
+            )
+        run_id = saved["run_id"]
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException as error:
+            warnings.warn(f"cannot resume run {run_id} ({error}): starting a new run", stacklevel=3)
+            return False
+        if run.info.lifecycle_stage != "active":
+            warnings.warn(f"run {run_id} was deleted: starting a new run", stacklevel=3)
+            return False
+        self.run_id, self._experiment_id = run_id, run.info.experiment_id
+        self._last_steps = {
+            key: max(metric.step for metric in self._client.get_metric_history(run_id, key))
+            for key in run.data.metrics
+        }
+        self._client.update_run(run_id, status="RUNNING")
+        self._history = [dict(row) for row in saved.get("history", [])]
+        self._best, self._best_step = saved.get("best"), int(saved.get("best_step", 0))
+        self._resumes = int(saved.get("resumes", 0)) + 1
+        return True
+
+    def _save_resume_state(self) -> None:
+        if self._resume_state is None:
+            return
+        self._resume_state.save({
+            "run_id": self.run_id,
+            "tracking_uri": self._tracking_uri,
+            "history": self._history,
+            "best": self._best,
+            "best_step": self._best_step,
+            "resumes": self._resumes,
+        })  # fmt: skip
+
+    def _install_gradient_norm_probe(self) -> None:
+        from keras_optsuite.optimizers._telemetry import gradient_norm_probe
+
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return
+        self._gradient_norm, new = gradient_norm_probe(
+            optimizer, self.model.distribute_strategy, period=self.log_every_n_steps
+        )
+        if new:  # the step computes the norm now: trace it again
+            self.model.make_train_function(force=True)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._active and not self._ended:
@@ -223,13 +338,16 @@ class MLflowTracking(keras.callbacks.Callback):
         self._ended, self._active = True, False
         self._remove_exit_hooks()
         try:
-            self._log_artifacts(failure)
+            with fail_fast_http():  # a stopped server must not hold the exit for minutes
+                self._log_artifacts(failure, logged_models=status == "FINISHED" and self.log_model)
         finally:
             self._sink.terminate(self.run_id, status)
             self._sink.flush(self.flush_timeout)
             self._sink.close()
-            if self._workdir is not None:
-                self._workdir.cleanup()
+            if self._temporary is not None:
+                self._temporary.cleanup()
+            elif status == "FINISHED":
+                self._resume_state.clear()
 
     # -- params --------------------------------------------------------------
     def _params(self, commit: str | None) -> dict[str, str]:
@@ -286,6 +404,8 @@ class MLflowTracking(keras.callbacks.Callback):
         if self._snapshot is not None:
             values.update(_update_norms(self._snapshot, self.model.trainable_weights))
             self._snapshot = None
+        if self._gradient_norm is not None and np.isfinite(self._gradient_norm.value):
+            values["gradient_norm"] = self._gradient_norm.value
         values.update(_optimizer_telemetry(self.model.optimizer))
         self._log_metrics(values, step)
 
@@ -293,9 +413,11 @@ class MLflowTracking(keras.callbacks.Callback):
         if not self._active:
             return
         logs = dict(logs or {})
-        self._history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        if all(row["epoch"] != epoch for row in self._history):  # a resumed job may redo an epoch
+            self._history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
         self._log_metrics(logs, epoch)
         self._save_if_best(logs)
+        self._save_resume_state()
 
     def _log_metrics(self, values: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -303,6 +425,8 @@ class MLflowTracking(keras.callbacks.Callback):
         timestamp = int(time.time() * 1000)
         metrics = []
         for key, value in values.items():
+            if step <= self._last_steps.get(key, -1):
+                continue  # logged by the job this one resumes: the first measurement stays
             try:
                 number = float(value)
             except (TypeError, ValueError):
@@ -327,12 +451,12 @@ class MLflowTracking(keras.callbacks.Callback):
             mode = "min" if lower_is_better(key) else "max"
         better = self._best is None or (value < self._best if mode == "min" else value > self._best)
         if better and np.isfinite(value):
-            self._best = value
-            self.model.save(Path(self._workdir.name) / "best.keras")
+            self._best, self._best_step = value, self._iterations()
+            self.model.save(self._directory / "best.keras")
 
     # -- artifacts -----------------------------------------------------------
-    def _log_artifacts(self, failure: str | None) -> None:
-        directory = Path(self._workdir.name)
+    def _log_artifacts(self, failure: str | None, logged_models: bool) -> None:
+        directory = self._directory
         files: list[tuple[Path, str | None]] = []
         if failure:
             (directory / "traceback.txt").write_text(failure)
@@ -368,6 +492,31 @@ class MLflowTracking(keras.callbacks.Callback):
                 keep.mkdir(parents=True, exist_ok=True)
                 (keep / path.name).write_bytes(path.read_bytes())
                 print(f"MLflowTracking: could not upload {path.name} ({error}); kept in {keep}", file=sys.stderr)
+        if logged_models:
+            self._log_models(directory)
+
+    def _log_models(self, directory: Path) -> None:
+        """The final and best models as MLflow logged models (skipped, with a note, if impossible)."""
+        example = input_example(self.model, self.training_data)
+        if example is None:
+            print(
+                "MLflowTracking: no MLflow logged model (the model has several inputs or no known "
+                "input shape; pass training_data); model/final.keras is logged",
+                file=sys.stderr,
+            )
+            return
+        models = [("final", self.model, self._iterations())]
+        if (directory / "best.keras").exists():
+            models.append(("best", directory / "best.keras", self._best_step))
+        for name, model, step in models:
+            try:
+                if isinstance(model, Path):
+                    model = keras.models.load_model(model)
+                log_keras_model(
+                    self._client, self._tracking_uri, self.run_id, self._experiment_id, model, name, example, step
+                )
+            except Exception as error:  # noqa: BLE001 - the .keras files are logged; say what failed
+                print(f"MLflowTracking: could not log the MLflow model {name!r}: {error!r}", file=sys.stderr)
 
     # -- exit hooks: never leave a run RUNNING -----------------------------------------
     def _install_exit_hooks(self) -> None:

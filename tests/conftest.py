@@ -38,6 +38,7 @@ from mlflow_server import (  # noqa: E402,F401
     embedded_tracking_uri,
     mlflow_server,
     shared_embedded_tracking_uri,
+    shared_mlflow_server_process,
 )
 
 LOGICAL_CPUS = ["/cpu:0", "/cpu:1"]

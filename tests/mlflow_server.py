@@ -7,11 +7,13 @@ Use from a test module (``tests/`` is on ``sys.path`` via conftest)::
     def test_something(mlflow_server):
         client = mlflow.MlflowClient(mlflow_server.uri)
 
-``mlflow_server`` is module-scoped: a start costs ~5-7 s on the 2-core CI
-machine (measured: first start with schema creation ~7 s, restart on the
-same database ~5 s), so the tests of a module share one server. A test that
-stops it (an outage) must start it again in a ``finally``. Tests needing a
-private server build one: ``with MlflowServer(tmp_path) as server: ...``.
+``mlflow_server`` is session-scoped (one server per pytest-xdist worker): a
+start costs ~5-7 s on an idle 2-core CI machine (first start with schema
+creation ~7 s, restart on the same database ~5 s) and twice that under
+load, so every test module shares it. Tests use their own experiment names
+(they share one database). A test that stops it (an outage) must start it
+again in a ``finally``. Tests needing a private server build one:
+``with MlflowServer(tmp_path) as server: ...``.
 """
 
 from __future__ import annotations
@@ -170,19 +172,25 @@ class MlflowServer:
         return f"MlflowServer({self.uri}, running={self.running})"
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A running ``MlflowServer`` shared by the tests of one module.
-
-    A test may stop it (to simulate an outage) but must start it again
-    (``try: server.stop() ... finally: server.start()``).
-    """
+@pytest.fixture(scope="session")
+def shared_mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """The one ``MlflowServer`` of a test process (use :func:`mlflow_server`)."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def mlflow_server(shared_mlflow_server_process: MlflowServer) -> MlflowServer:
+    """A running ``MlflowServer`` shared by every test of a test process.
+
+    A test may stop it (to simulate an outage) but must start it again
+    (``try: server.stop() ... finally: server.start()``); should an earlier
+    test have failed before restarting it, it is started again here.
+    """
+    return shared_mlflow_server_process.start()
 
 
 @pytest.fixture

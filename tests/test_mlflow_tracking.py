@@ -81,9 +81,10 @@ def _check_complete_record(client, run_id, model, history, digits):
     # batch metrics and telemetry every EVERY optimizer steps
     steps_per_epoch = int(np.ceil(np.floor(0.75 * len(digits[0])) / BATCH))
     expected_steps = [s for s in range(1, EPOCHS * steps_per_epoch + 1) if s % EVERY == 0]
-    for key in ("batch.loss", "learning_rate", "update_norm", "update_to_weight_ratio"):
+    for key in ("batch.loss", "learning_rate", "gradient_norm", "update_norm", "update_to_weight_ratio"):
         assert [step for step, _ in _metric(client, run_id, key)] == expected_steps, key
     assert all(value > 0 for _, value in _metric(client, run_id, "update_norm"))
+    assert all(value > 0 for _, value in _metric(client, run_id, "gradient_norm"))
     # artifacts
     assert _artifacts(client, run_id) == sorted([
         "history.csv", "learning_curves.png", "model/best.keras", "model/final.keras",
@@ -109,6 +110,20 @@ def test_embedded_store_gets_the_complete_record(digits, tmp_path, monkeypatch):
     assert dataset.digest and "1797" in dataset.profile  # digest and shape
     artifacts_root = tmp_path / "mlruns"
     assert any(artifacts_root.rglob("final.keras")), "artifacts live under mlruns/"
+    # the final and best models are MLflow logged models of the run's experiment, with a signature
+    outputs = {client.get_logged_model(o.model_id).name: o for o in run.outputs.model_outputs}
+    assert sorted(outputs) == ["best", "final"]
+    final = client.get_logged_model(outputs["final"].model_id)
+    assert final.experiment_id == run.info.experiment_id and final.source_run_id == tracking.run_id
+    assert outputs["final"].step == int(model.optimizer.iterations.numpy())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    info = mlflow.models.get_model_info(f"models:/{final.model_id}")
+    assert info.signature.inputs.inputs[0].shape == (-1, 64)
+    assert info.signature.outputs.inputs[0].shape == (-1, 10)
+    assert info.saved_input_example_info is not None
+    loaded = mlflow.keras.load_model(f"models:/{final.model_id}")
+    np.testing.assert_allclose(loaded.predict(digits[0][:8], verbose=0), model.predict(digits[0][:8], verbose=0),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_real_server_gets_the_complete_record(digits, tmp_path, monkeypatch, mlflow_server):
@@ -284,3 +299,96 @@ def test_an_unreachable_server_at_the_start_fails_fast_and_names_it(digits, tmp_
     with pytest.raises(ConnectionError, match=uri.replace(".", r"\.")):
         _train(digits, tracking)
     assert time.monotonic() - started < 30
+
+
+# -- the gradient norm ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch, replicas):
+    """Closed form: MSE of a linear model; SGD(0) keeps the weights, so every step's gradient is known."""
+    import tensorflow as tf
+
+    from conftest import LOGICAL_CPUS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 3)).astype("float32")
+    strategy = (tf.distribute.MirroredStrategy(LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice())
+                if replicas == 2 else tf.distribute.get_strategy())
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+    tracking = MLflowTracking(experiment="gradients", log_every_n_steps=2, log_model=False)
+    model.fit(x, y, batch_size=64, epochs=4, verbose=0, callbacks=[tracking])  # one step per epoch
+    kernel, bias = [w.astype(np.float64) for w in model.get_weights()]
+    residual = x @ kernel + bias - y
+    gradient = np.concatenate([(2 * x.T @ residual).ravel(), 2 * residual.sum(0)]) / residual.size
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    logged = _metric(client, tracking.run_id, "gradient_norm")
+    assert [step for step, _ in logged] == [2, 4]
+    np.testing.assert_allclose([value for _, value in logged], np.linalg.norm(gradient), rtol=1e-5)
+
+
+# -- resume after a restart ----------------------------------------------------------
+
+
+def _check_resumed_run(client, tracking, resumes):
+    from workers.resume_training import EPOCHS, EVERY, SAMPLES, BATCH
+
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert [run.info.run_id for run in runs] == [tracking.run_id], "the restarted job continued the same run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["keras_optsuite.resumes"] == str(resumes)
+    steps = EPOCHS * SAMPLES // BATCH
+    for key in ("batch.loss", "learning_rate", "gradient_norm", "update_norm"):
+        logged = [m.step for m in client.get_metric_history(tracking.run_id, key)]
+        assert sorted(logged) == list(range(EVERY, steps + 1, EVERY)), f"{key}: every step exactly once"
+    for key in ("loss", "val_loss", "accuracy"):
+        logged = [m.step for m in client.get_metric_history(tracking.run_id, key)]
+        assert sorted(logged) == list(range(EPOCHS)), f"{key}: every epoch exactly once"
+    history = client.download_artifacts(tracking.run_id, "history.csv")
+    assert [line.split(",")[0] for line in Path(history).read_text().splitlines()[1:]] == ["0", "1", "2"]
+    assert not Path(tracking._resume_state.directory).exists(), "a FINISHED run leaves nothing to resume"
+
+
+def test_a_job_interrupted_and_started_again_continues_the_same_run(tmp_path, monkeypatch):
+    from workers.resume_training import train
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    with pytest.raises(KeyboardInterrupt):
+        first, _ = train(str(tmp_path), uri, stop_at=15, how="interrupt")
+    client = mlflow.MlflowClient(uri)
+    (killed,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert killed.info.status == "KILLED"
+    # steps 12 and 14 were logged before the interrupt; the restored job (epoch 1, step 10) redoes them
+    assert [m.step for m in client.get_metric_history(killed.info.run_id, "batch.loss")] == [2, 4, 6, 8, 10, 12, 14]
+    first_values = {m.step: m.value for m in client.get_metric_history(killed.info.run_id, "batch.loss")}
+    tracking, _ = train(str(tmp_path), uri)
+    assert tracking.run_id == killed.info.run_id
+    _check_resumed_run(client, tracking, resumes=1)
+    again = {m.step: m.value for m in client.get_metric_history(tracking.run_id, "batch.loss")}
+    assert all(again[step] == first_values[step] for step in first_values), "the first measurement stays"
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_continues_the_same_run_with_contiguous_steps(tmp_path, monkeypatch):
+    from workers.resume_training import train
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    script = Path(__file__).parent / "workers" / "resume_training.py"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path), "--tracking-uri", uri, "--kill-at", "15"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = mlflow.MlflowClient(uri)
+    (crashed,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert crashed.info.status == "RUNNING", "kill -9 leaves no chance to end the run"
+    tracking, _ = train(str(tmp_path), uri)  # the restarted job, in this process
+    assert tracking.run_id == crashed.info.run_id
+    _check_resumed_run(client, tracking, resumes=1)

@@ -8,16 +8,8 @@ table values are computed here from the logged values, not by the module.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import numpy as np
@@ -428,90 +420,42 @@ def test_plot_rejects_invalid_arguments(store, tmp_path):
 # --- a real tracking server ---------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _mlflow_server(root):
-    """``mlflow server`` with a SQLite backend under ``root``; yields its URL."""
-    port = _free_port()
-    log = open(root / "server.log", "wb")
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-            "--default-artifact-root", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not answer /health within 90 s")
-            time.sleep(0.25)
-        yield url
-    finally:
-        # The server forks workers: stop its whole (own) process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-
-
 @pytest.mark.slow
-def test_against_a_real_tracking_server(tmp_path):
-    with _mlflow_server(tmp_path) as url:
-        client = mlflow.MlflowClient(url)
-        experiment_id = client.create_experiment("optimizers")
-        run_ids = _log_specs(client, experiment_id)
-        parent = client.create_run(experiment_id, run_name="parent", start_time=T0_MS - 1)
-        child_ids = {
-            _log_run(client, experiment_id, f"child-{i}", RUN_SPECS["lion"], T0_MS + 5000 + i,
-                     1.0, tags={"mlflow.parentRunId": parent.info.run_id})
-            for i in range(5)
-        }
-        experiment_runs = set(run_ids.values()) | child_ids | {parent.info.run_id}
+def test_against_a_real_tracking_server(tmp_path, mlflow_server):
+    url = mlflow_server.uri
+    client = mlflow.MlflowClient(url)
+    experiment_id = client.create_experiment("compare-optimizers")
+    run_ids = _log_specs(client, experiment_id)
+    parent = client.create_run(experiment_id, run_name="parent", start_time=T0_MS - 1)
+    child_ids = {
+        _log_run(client, experiment_id, f"child-{i}", RUN_SPECS["lion"], T0_MS + 5000 + i,
+                 1.0, tags={"mlflow.parentRunId": parent.info.run_id})
+        for i in range(5)
+    }
+    experiment_runs = set(run_ids.values()) | child_ids | {parent.info.run_id}
 
-        table = compare_runs("optimizers", tracking_uri=url, _page_size=2)
-        assert set(table["run_id"]) == experiment_runs and len(table) == 9
-        specs_only = table[table["run_id"].isin(run_ids.values())].reset_index(drop=True)
-        _assert_table_matches_specs(specs_only, run_ids)
+    table = compare_runs("compare-optimizers", tracking_uri=url, _page_size=2)
+    assert set(table["run_id"]) == experiment_runs and len(table) == 9
+    specs_only = table[table["run_id"].isin(run_ids.values())].reset_index(drop=True)
+    _assert_table_matches_specs(specs_only, run_ids)
 
-        children = compare_runs(parent_run_id=parent.info.run_id, tracking_uri=url, _page_size=2)
-        assert set(children["run_id"]) == child_ids
-        assert list(children["loss.best"]) == [0.9] * 5
+    children = compare_runs(parent_run_id=parent.info.run_id, tracking_uri=url, _page_size=2)
+    assert set(children["run_id"]) == child_ids
+    assert list(children["loss.best"]) == [0.9] * 5
 
-        figure = _learning_curve_figure("optimizers", tracking_uri=url, metrics=["val_loss"])
-        lines = _lines_by_label(figure.axes[0])
-        np.testing.assert_array_equal(
-            lines["sgd"].get_ydata(), [v for _, v in RUN_SPECS["sgd"]["metrics"]["val_loss"]]
-        )
-        png = plot_learning_curves(
-            parent_run_id=parent.info.run_id, tracking_uri=url, metrics=["loss"],
-            path=tmp_path / "children.png",
-        )
-        assert _png_size(png) == (
-            round(SUBPLOT_WIDTH_INCHES * PLOT_DPI), round(SUBPLOT_HEIGHT_INCHES * PLOT_DPI)
-        )
-        with pytest.raises(ValueError, match="parent_run_id"):
-            compare_runs(parent_run_id="feed" * 8, tracking_uri=url)
-        with pytest.raises(ValueError, match="no-such-experiment"):
-            compare_runs("no-such-experiment", tracking_uri=url)
+    figure = _learning_curve_figure("compare-optimizers", tracking_uri=url, metrics=["val_loss"])
+    lines = _lines_by_label(figure.axes[0])
+    np.testing.assert_array_equal(
+        lines["sgd"].get_ydata(), [v for _, v in RUN_SPECS["sgd"]["metrics"]["val_loss"]]
+    )
+    png = plot_learning_curves(
+        parent_run_id=parent.info.run_id, tracking_uri=url, metrics=["loss"],
+        path=tmp_path / "children.png",
+    )
+    assert _png_size(png) == (
+        round(SUBPLOT_WIDTH_INCHES * PLOT_DPI), round(SUBPLOT_HEIGHT_INCHES * PLOT_DPI)
+    )
+    with pytest.raises(ValueError, match="parent_run_id"):
+        compare_runs(parent_run_id="feed" * 8, tracking_uri=url)
+    with pytest.raises(ValueError, match="no-such-experiment"):
+        compare_runs("no-such-experiment", tracking_uri=url)
