@@ -54,6 +54,17 @@ def _cmd_tracking_replay(args: argparse.Namespace) -> int:
     return 1 if remaining else 0
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from keras_optsuite.distribute.launch import launch
+
+    command = list(args.program)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ValueError("no program to launch: optsuite launch --workers N -- python train.py ...")
+    return launch(command, workers=args.workers, ps=args.ps, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_optsuite.pipelines import demo
 
@@ -92,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
     )
     replay_parser.set_defaults(handler=_cmd_tracking_replay)
+
+    launch_parser = commands.add_parser(
+        "launch",
+        help="run a multi-worker job on this machine: N processes with TF_CONFIG, prefixed output",
+        description="Start the program once per worker (and per parameter server and a chief with "
+        "--ps) on free 127.0.0.1 ports, each with its TF_CONFIG; stream every line prefixed "
+        "[worker i]; exit non-zero as soon as one fails (the others are stopped).",
+    )
+    launch_parser.add_argument("--workers", type=int, required=True, help="number of workers (>= 1)")
+    launch_parser.add_argument("--ps", type=int, default=0, help="parameter servers (adds a chief)")
+    launch_parser.add_argument("--timeout", type=float, default=None, help="seconds before the job is stopped")
+    launch_parser.add_argument("program", nargs=argparse.REMAINDER, help="-- python train.py ...")
+    launch_parser.set_defaults(handler=_cmd_launch)
     return parser
 
 
