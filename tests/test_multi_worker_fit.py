@@ -387,3 +387,15 @@ def test_only_the_chief_logs_and_logs_the_global_values(two_workers):
     gradient_norms = client.get_metric_history(run.info.run_id, "gradient_norm")
     assert sorted(m.step for m in gradient_norms) == list(range(2, steps + 1, 2))
     assert all(np.isfinite(m.value) and m.value > 0 for m in gradient_norms)
+
+
+def test_optsuite_launch_command_runs_the_program_per_worker(capfd):
+    from keras_optsuite.cli import main
+
+    program = "import json, os; print(json.loads(os.environ['TF_CONFIG'])['task']['index'])"
+    assert main(["launch", "--workers", "2", "--", sys.executable, "-c", program]) == 0
+    lines = set(capfd.readouterr().out.splitlines())
+    assert {"[worker 0] 0", "[worker 1] 1"} <= lines
+    assert main(["launch", "--workers", "2", "--", sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+    assert main(["launch", "--workers", "2"]) == 2  # no program: a usage error
+    assert "no program to launch" in capfd.readouterr().err
