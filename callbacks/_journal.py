@@ -6,6 +6,22 @@
     {"kind": "params", "run_id": "...", "params": {"key": "value", ...}}
     {"kind": "tags", "run_id": "...", "tags": {"key": "value", ...}}
     {"kind": "terminate", "run_id": "...", "status": "FINISHED", "end_time": 1700000000000}
+    {"kind": "create_run", "run_id": "pending-<hex>", "experiment": "name", "run_name": null,
+     "tags": {...}, "start_time": 1700000000000}
+    {"kind": "artifacts", "run_id": "...", "directory": "/abs/kept/copy", "artifact_path": null}
+    {"kind": "inputs", "run_id": "...", "datasets": [{"name": ..., "digest": ..., "source_type": ...,
+     "source": ..., "schema": ..., "profile": ..., "context": "training"}]}
+
+A run can be started while the store is unreachable: ``create_run`` names it
+with a *pending* id (``pending-<hex>``) that later records use too. Sending
+it creates the run (or finds the one an earlier, interrupted send created: it
+carries the tag ``keras_optsuite.provisional_run_id``) and records which real
+id the pending id became in ``<journal>.runs`` (fsync'd, replaced
+atomically); every later record of a pending id goes to that real run. A
+record whose pending id has no real run is refused for good. ``artifacts``
+uploads a kept local copy (``client.log_artifacts``), then deletes it; a copy
+that is gone was uploaded before a crash. ``inputs`` logs datasets
+(``client.log_inputs``; logging the same dataset again adds nothing).
 
 Appends are fsync'd; a line torn by ``kill -9`` is ignored on read and cut
 off before the next append. ``<journal>.cursor`` records how far
@@ -36,8 +52,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -52,8 +70,22 @@ except ImportError:  # pragma: no cover - Windows: in-process locking only
 
 _logger = logging.getLogger(__name__)
 
-RECORD_KINDS = ("metrics", "params", "tags", "terminate")
+RECORD_KINDS = ("metrics", "params", "tags", "terminate", "create_run", "artifacts", "inputs")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# Kinds sent alone, one store call each (everything else shares a log_batch).
+_SINGLE_REQUEST_KINDS = frozenset({"terminate", "create_run", "artifacts", "inputs"})
+
+PENDING_RUN_PREFIX = "pending-"
+"""Run ids starting with this name a run not created yet (see :meth:`Sink.create_run`)."""
+
+PROVISIONAL_RUN_ID_TAG = "keras_optsuite.provisional_run_id"
+"""The tag by which a run created from a ``create_run`` record is found again."""
+
+UNSENT_ARTIFACTS_DIRECTORY = "unsent-artifacts"
+"""Beside the journal: local copies of artifacts waiting for upload."""
+
+_DATASET_FIELDS = ("name", "digest", "source_type", "source")
+_OPTIONAL_DATASET_FIELDS = ("schema", "profile", "context")
 
 # MLflow's log_batch limits (mlflow.utils.validation) and a request-size margin
 # under its 1 MB limit on the JSON body.
@@ -85,6 +117,42 @@ def _check_string_mapping(name: str, mapping: Any) -> dict[str, str]:
     return {key: str(value) for key, value in mapping.items()}
 
 
+def is_pending_run_id(run_id: Any) -> bool:
+    """True for a run id made by :meth:`Sink.create_run` (the run may not exist yet)."""
+    return isinstance(run_id, str) and run_id.startswith(PENDING_RUN_PREFIX)
+
+
+def _check_optional_string(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string or None, got {name}={value!r}")
+    return value
+
+
+def _check_milliseconds(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (ms), got {name}={value!r}")
+    return value
+
+
+def _check_datasets(datasets: Any) -> list[dict[str, str | None]]:
+    if not isinstance(datasets, list) or not datasets:
+        raise ValueError(f"record['datasets'] must be a non-empty list, got {datasets!r}")
+    normalized = []
+    for dataset in datasets:
+        if not isinstance(dataset, dict) or not all(
+            isinstance(dataset.get(field), str) for field in _DATASET_FIELDS
+        ):
+            raise ValueError(
+                f"record['datasets'] entries must be dicts with string {', '.join(_DATASET_FIELDS)}, "
+                f"got {dataset!r}"
+            )
+        entry = {field: dataset[field] for field in _DATASET_FIELDS}
+        for field in _OPTIONAL_DATASET_FIELDS:
+            entry[field] = _check_optional_string(f"dataset {field}", dataset.get(field))
+        normalized.append(entry)
+    return normalized
+
+
 def check_record(record: Any) -> dict:
     """Validate a journal record and return it normalized (floats, ints, strings)."""
     if not isinstance(record, dict) or record.get("kind") not in RECORD_KINDS:
@@ -110,13 +178,35 @@ def check_record(record: Any) -> dict:
         return {"kind": kind, "run_id": run_id, "metrics": normalized}
     if kind in ("params", "tags"):
         return {"kind": kind, "run_id": run_id, kind: _check_string_mapping(kind, record.get(kind))}
+    if kind == "create_run":
+        if not is_pending_run_id(run_id):
+            raise ValueError(
+                f"a create_run record's run_id must start with {PENDING_RUN_PREFIX!r}, got run_id={run_id!r}"
+            )
+        experiment = record.get("experiment")
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise ValueError(f"experiment must be a non-empty string, got experiment={experiment!r}")
+        return {
+            "kind": kind,
+            "run_id": run_id,
+            "experiment": experiment,
+            "run_name": _check_optional_string("run_name", record.get("run_name")),
+            "tags": _check_string_mapping("tags", record.get("tags", {})),
+            "start_time": _check_milliseconds("start_time", record.get("start_time")),
+        }
+    if kind == "artifacts":
+        directory = record.get("directory")
+        if not isinstance(directory, str) or not os.path.isabs(directory):
+            raise ValueError(f"directory must be an absolute path, got directory={directory!r}")
+        artifact_path = _check_optional_string("artifact_path", record.get("artifact_path"))
+        return {"kind": kind, "run_id": run_id, "directory": directory, "artifact_path": artifact_path}
+    if kind == "inputs":
+        return {"kind": kind, "run_id": run_id, "datasets": _check_datasets(record.get("datasets"))}
     status = record.get("status")
     if status not in TERMINAL_STATUSES:
         allowed = ", ".join(repr(s) for s in TERMINAL_STATUSES)
         raise ValueError(f"status must be one of {allowed}, got status={status!r}")
-    end_time = record.get("end_time")
-    if isinstance(end_time, bool) or not isinstance(end_time, int) or end_time < 0:
-        raise ValueError(f"end_time must be an integer >= 0 (ms), got end_time={end_time!r}")
+    end_time = _check_milliseconds("end_time", record.get("end_time"))
     return {"kind": kind, "run_id": run_id, "status": status, "end_time": end_time}
 
 
@@ -148,14 +238,15 @@ def _plan_requests(records: Sequence[dict]) -> list[tuple[int, int]]:
     """Split ``records`` into ``[start, end)`` ranges, each one store request.
 
     Consecutive metrics/params/tags records of the same run share one
-    ``log_batch`` within MLflow's limits; a terminate record is alone. A
+    ``log_batch`` within MLflow's limits; terminate, create_run, artifacts
+    and inputs records are alone. A
     params record whose keys repeat a key already in the batch starts a new
     one, so a changed param fails alone instead of sinking its neighbours.
     """
     requests: list[tuple[int, int]] = []
     start = 0
     while start < len(records):
-        if records[start]["kind"] == "terminate":
+        if records[start]["kind"] in _SINGLE_REQUEST_KINDS:
             requests.append((start, start + 1))
             start += 1
             continue
@@ -165,7 +256,7 @@ def _plan_requests(records: Sequence[dict]) -> list[tuple[int, int]]:
         end = start
         while end < len(records):
             record = records[end]
-            if record["kind"] == "terminate" or record["run_id"] != run_id:
+            if record["kind"] in _SINGLE_REQUEST_KINDS or record["run_id"] != run_id:
                 break
             m, p, t = _entity_counts(record)
             record_size = _text_size(record)
@@ -187,11 +278,110 @@ def _plan_requests(records: Sequence[dict]) -> list[tuple[int, int]]:
     return requests
 
 
-def _send_request(client: Any, records: Sequence[dict]) -> None:
-    """One store call for records planned together by :func:`_plan_requests`."""
+def _refused(message: str) -> Exception:
+    """An error :func:`is_permanent_error` classifies as permanent (the record is set aside)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _real_run_id(run_id: str, runs: "PendingRuns") -> str:
+    real = runs.get(run_id)
+    if real is None:
+        raise _refused(
+            f"run {run_id} was never created: its create_run record is missing or was refused"
+        )
+    return real
+
+
+def _create_run(client: Any, record: dict, runs: "PendingRuns") -> str:
+    """Create the run of a ``create_run`` record once; return its real id.
+
+    Idempotent across crashes and processes: under the map's lock, a known
+    mapping wins; else a run of the experiment tagged with the pending id
+    (created by a send that died before recording it) is adopted; only
+    then is a run created.
+    """
+    from keras_optsuite.callbacks._store import get_or_create_experiment
+
+    pending = record["run_id"]
+    with runs.locked():
+        real = runs.get(pending)
+        if real is not None:
+            return real
+        experiment = client.get_experiment_by_name(record["experiment"])
+        if experiment is not None and experiment.lifecycle_stage != "active":
+            raise _refused(
+                f"experiment {record['experiment']!r} is deleted: run {pending} cannot be created in it"
+            )
+        experiment_id = get_or_create_experiment(client, record["experiment"])
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PROVISIONAL_RUN_ID_TAG}` = '{pending}'",
+            max_results=1,
+        )
+        if found:
+            real = found[0].info.run_id
+        else:
+            run = client.create_run(
+                experiment_id,
+                start_time=record["start_time"],
+                tags={**record["tags"], PROVISIONAL_RUN_ID_TAG: pending},
+                run_name=record["run_name"],
+            )
+            real = run.info.run_id
+        runs.remember(pending, real)
+    return real
+
+
+def _upload_artifacts(client: Any, run_id: str, record: dict) -> None:
+    """Upload a kept copy, then delete it; a copy that is gone was uploaded before a crash."""
+    directory = Path(record["directory"])
+    if not directory.is_dir():
+        _logger.info("%s is gone: uploaded by an earlier replay", directory)
+        return
+    client.log_artifacts(run_id, str(directory), record["artifact_path"])
+    shutil.rmtree(directory, ignore_errors=True)
+    if directory.parent.parent.name == UNSENT_ARTIFACTS_DIRECTORY:
+        with contextlib.suppress(OSError):
+            directory.parent.rmdir()  # the run's folder, once its last copy is uploaded
+
+
+def _log_inputs(client: Any, run_id: str, record: dict) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for entry in record["datasets"]:
+        dataset = Dataset(
+            entry["name"], entry["digest"], entry["source_type"], entry["source"],
+            entry["schema"], entry["profile"],
+        )  # fmt: skip
+        tags = [InputTag("mlflow.data.context", entry["context"])] if entry["context"] else []
+        inputs.append(DatasetInput(dataset, tags=tags))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def _send_request(client: Any, records: Sequence[dict], runs: "PendingRuns") -> None:
+    """One store call for records planned together by :func:`_plan_requests`.
+
+    A pending run id (see :meth:`Sink.create_run`) is replaced by the real
+    id ``runs`` knows for it.
+    """
     first = records[0]
-    if first["kind"] == "terminate":
-        client.set_terminated(first["run_id"], status=first["status"], end_time=first["end_time"])
+    kind = first["kind"]
+    if kind == "create_run":
+        _create_run(client, first, runs)
+        return
+    run_id = _real_run_id(first["run_id"], runs)
+    if kind == "terminate":
+        client.set_terminated(run_id, status=first["status"], end_time=first["end_time"])
+        return
+    if kind == "artifacts":
+        _upload_artifacts(client, run_id, first)
+        return
+    if kind == "inputs":
+        _log_inputs(client, run_id, first)
         return
     from mlflow.entities import Metric, Param, RunTag
 
@@ -206,7 +396,7 @@ def _send_request(client: Any, records: Sequence[dict]) -> None:
         else:
             tags.update(record["tags"])  # later values win, as sequential calls would
     client.log_batch(
-        first["run_id"],
+        run_id,
         metrics=metrics,
         params=[Param(key, value) for key, value in params.items()],
         tags=[RunTag(key, value) for key, value in tags.items()],
@@ -224,9 +414,10 @@ def is_permanent_error(error: BaseException) -> bool:
 def _send_in_order(
     client: Any,
     records: Sequence[dict],
+    runs: "PendingRuns",
     on_progress: Callable[[int, list[tuple[dict, str]]], None] | None = None,
 ) -> tuple[int, BaseException | None]:
-    """Send ``records`` in order; stop at the first transient failure.
+    """Send ``records`` in order (pending run ids resolved by ``runs``); stop at the first transient failure.
 
     Returns ``(handled, error)``: the first ``handled`` records were sent or
     rejected for good; ``error`` is the transient failure that stopped the
@@ -237,7 +428,7 @@ def _send_in_order(
     for start, end in _plan_requests(records):
         rejected: list[tuple[dict, str]] = []
         try:
-            _send_request(client, records[start:end])
+            _send_request(client, records[start:end], runs)
         except Exception as error:  # noqa: BLE001 - classified below
             if not is_permanent_error(error):
                 return handled, error
@@ -247,7 +438,7 @@ def _send_in_order(
                 # Find the culprit(s): resend this request's records one by one.
                 for index in range(start, end):
                     try:
-                        _send_request(client, records[index : index + 1])
+                        _send_request(client, records[index : index + 1], runs)
                     except Exception as single_error:  # noqa: BLE001
                         if not is_permanent_error(single_error):
                             if on_progress is not None and index > start:
@@ -281,14 +472,103 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+class _FileLock:
+    """A reentrant lock held across threads (``RLock``) and processes (``flock`` on ``path``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+            finally:
+                os.close(fd)  # also releases the flock
+
+
+class PendingRuns:
+    """Which real run each pending run id became: a JSON object ``{pending: real}`` in ``path``.
+
+    Written (fsync'd, replaced atomically) when a ``create_run`` record is
+    sent, read by every process sending that journal's records (the
+    training job's sink, ``optsuite tracking replay``, a restarted job).
+    Entries are kept: a restarted job may still hold a pending id.
+
+    Example:
+    >>> runs = Journal("mlruns/journals/server.jsonl").runs
+    >>> runs.get("pending-1f0c...")  # None until the run is created
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.locked = _FileLock(self.path.with_name(self.path.name + ".lock"))
+        self._known: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"PendingRuns({str(self.path)!r})"
+
+    def get(self, run_id: str) -> str | None:
+        """The real id of ``run_id``: itself if it is not pending, None while its run does not exist."""
+        if not is_pending_run_id(run_id):
+            return run_id
+        real = self._known.get(run_id)
+        if real is None:
+            real = self._read().get(run_id)
+            if real is not None:
+                self._known[run_id] = real
+        return real
+
+    def remember(self, pending: str, real: str) -> None:
+        """Record that ``pending`` is the run ``real`` (durably, before returning)."""
+        with self.locked():
+            mapping = {**self._read(), pending: real}
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(mapping, handle, indent=0)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+            _fsync_directory(self.path.parent)
+            self._known[pending] = real
+
+    def _read(self) -> dict[str, str]:
+        try:
+            mapping = json.loads(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        if not isinstance(mapping, dict):
+            return {}
+        return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 class Journal:
     """An append-only JSON-lines spool of tracking records, safe against ``kill -9``.
 
     Files beside ``path``: ``.cursor`` (replay progress: byte offset of the
     first unsent record, tied to the journal file's inode and first line), ``.rejected``
-    (records the store refused for good, with the error) and ``.lock``
+    (records the store refused for good, with the error), ``.lock``
     (``flock`` so two processes, e.g. a training job and ``optsuite tracking
-    replay``, never interleave appends or compactions).
+    replay``, never interleave appends or compactions), ``.runs`` (the real
+    ids of pending runs, :class:`PendingRuns`) and the directory
+    ``unsent-artifacts/`` (local copies waiting for upload).
 
     Args:
         path: the journal file (created on first append, parents too).
@@ -305,35 +585,23 @@ class Journal:
         self.path = Path(path).expanduser().absolute()
         self.cursor_path = self.path.with_name(self.path.name + ".cursor")
         self.rejected_path = self.path.with_name(self.path.name + ".rejected")
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._thread_lock = threading.RLock()
-        self._lock_depth = 0
+        self._locked = _FileLock(self.path.with_name(self.path.name + ".lock"))
+        self.runs = PendingRuns(self.path.with_name(self.path.name + ".runs"))
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock:
-            if self._lock_depth:
-                self._lock_depth += 1
-                try:
-                    yield
-                finally:
-                    self._lock_depth -= 1
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                self._lock_depth = 1
-                try:
-                    yield
-                finally:
-                    self._lock_depth = 0
-            finally:
-                os.close(fd)  # also releases the flock
+    def new_artifacts_directory(self, run_id: str) -> Path:
+        """A new empty directory for artifacts of ``run_id`` that could not be uploaded.
+
+        ``<journal dir>/unsent-artifacts/<run_id>/<time ms>-<random>/``: one
+        per ``artifacts`` record, so a record never uploads (nor deletes)
+        another's files.
+        """
+        name = f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
+        directory = self.path.parent / UNSENT_ARTIFACTS_DIRECTORY / _check_run_id(run_id) / name
+        directory.mkdir(parents=True)
+        return directory
 
     # -- writing ------------------------------------------------------------
 
@@ -533,7 +801,7 @@ class Journal:
                     if handled:
                         self._write_cursor(identity, readable[handled - 1][1])
 
-                _, error = _send_in_order(client, records, on_progress)
+                _, error = _send_in_order(client, records, self.runs, on_progress)
                 if error is not None:
                     _logger.info("Journal replay stopped after %d records: %s", sent, error)
                     return sent, self.pending_count()
@@ -600,6 +868,9 @@ class Sink:
     memory (not yet sent nor spooled) are lost if the process is killed with
     SIGKILL; call :meth:`flush` at checkpoints to bound that. Re-sending is
     harmless (see the module docstring). Thread-safe.
+
+    A run can be started while the store is unreachable: :meth:`create_run`
+    returns a pending id at once; the run is created when the store answers.
 
     Before resuming a run that a previous process terminated (e.g. KILLED),
     let the old journal drain (:meth:`flush` or :meth:`Journal.replay`):
@@ -700,6 +971,68 @@ class Sink:
             "end_time": int(time.time() * 1000) if end_time is None else end_time,
         }
         self._enqueue([check_record(record)])
+
+    def create_run(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        tags: dict[str, Any] | None = None,
+        start_time: int | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> str:
+        """Queue the creation of a run; return its pending id, usable at once in every other call.
+
+        For a store that is unreachable now: the run is created (in
+        ``experiment``, created if missing; ``start_time`` ms, default now)
+        when the record is sent, and every record of the pending id goes to
+        it. :meth:`resolve_run_id` tells its real id once it exists. Pass
+        the ``run_id`` of an earlier call (e.g. saved by a job that was
+        killed) to queue the same creation again: it creates one run only.
+
+        Example:
+        >>> run_id = sink.create_run("digits", run_name="radam")
+        >>> sink.log_params(run_id, {"learning_rate": 0.01})
+        """
+        record = check_record({
+            "kind": "create_run",
+            "run_id": PENDING_RUN_PREFIX + uuid.uuid4().hex if run_id is None else run_id,
+            "experiment": experiment,
+            "run_name": run_name,
+            "tags": dict(tags or {}),
+            "start_time": int(time.time() * 1000) if start_time is None else start_time,
+        })  # fmt: skip
+        self._enqueue([record])
+        return record["run_id"]
+
+    def log_artifacts(self, run_id: str, directory: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Queue the upload of the files under ``directory`` (to ``artifact_path``); it is deleted once uploaded.
+
+        ``directory`` must be a copy the sink may delete (see
+        :meth:`Journal.new_artifacts_directory`); it must stay until then.
+        """
+        directory = Path(directory).expanduser().absolute()
+        if not directory.is_dir():
+            raise ValueError(f"directory must be an existing directory, got directory={str(directory)!r}")
+        record = {"kind": "artifacts", "run_id": run_id, "directory": str(directory), "artifact_path": artifact_path}
+        self._enqueue([check_record(record)])
+
+    def log_inputs(self, run_id: str, datasets: Sequence[Any]) -> None:
+        """Queue ``mlflow.entities.DatasetInput`` objects (``client.log_inputs``)."""
+        entries = []
+        for dataset_input in datasets:
+            dataset = dataset_input.dataset
+            contexts = [tag.value for tag in dataset_input.tags if tag.key == "mlflow.data.context"]
+            entries.append({
+                "name": dataset.name, "digest": dataset.digest, "source_type": dataset.source_type,
+                "source": dataset.source, "schema": dataset.schema, "profile": dataset.profile,
+                "context": contexts[0] if contexts else None,
+            })  # fmt: skip
+        self._enqueue([check_record({"kind": "inputs", "run_id": run_id, "datasets": entries})])
+
+    def resolve_run_id(self, run_id: str) -> str | None:
+        """The real id of ``run_id``: itself, or for a pending id the run created for it (None until then)."""
+        return self.journal.runs.get(_check_run_id(run_id))
 
     def flush(self, timeout: float | None = None) -> int:
         """Send everything queued so far if the store answers; return the number of records unsent.
@@ -930,7 +1263,7 @@ class Sink:
         def on_progress(handled: int, rejected: list[tuple[dict, str]]) -> None:
             rejected_all.extend(rejected)
 
-        handled, error = _send_in_order(self.client, records, on_progress)
+        handled, error = _send_in_order(self.client, records, self.journal.runs, on_progress)
         if rejected_all:
             self.journal._reject(rejected_all)
         with self._condition:

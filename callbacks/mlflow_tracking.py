@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import numpy as np
 
 from keras_optsuite._validation import check_choice, check_positive_int
 from keras_optsuite.callbacks import _run_params
-from keras_optsuite.callbacks._journal import Journal, Sink
+from keras_optsuite.callbacks._journal import Journal, Sink, is_pending_run_id
 from keras_optsuite.callbacks._logged_model import input_example, log_keras_model
 from keras_optsuite.callbacks._resume import RunState
 from keras_optsuite.callbacks._store import (
@@ -99,13 +100,18 @@ class MLflowTracking(keras.callbacks.Callback):
     The run id, the epoch history and the best model wait in
     ``<backup_dir>.mlflow-run/``, deleted when the run ends FINISHED.
 
-    The tracking store must answer when training starts (the run is created
-    then; an unreachable server raises ``ConnectionError`` at once). Records
-    go through an asynchronous sink that batches them; if the tracking
-    server stops answering later, they are spooled to a journal on disk
-    and replayed in order when it answers again (``optsuite tracking
-    replay`` sends what is left). ``fit`` never waits on the server more than
-    ``flush_timeout`` seconds at the end.
+    **Outage.** Records go through an asynchronous sink that batches them;
+    while the tracking server does not answer they are spooled to a journal
+    on disk and replayed in order when it answers again (``optsuite
+    tracking replay`` sends what is left). If it does not answer when
+    training starts, training goes on: a note on stderr names the server
+    and the journal, the run has a pending id (``run_id`` is
+    ``pending-<hex>`` until the run is created, then the real id) and is
+    created, once, when the journal is replayed. Artifacts that cannot be
+    uploaded at the end are copied beside the journal
+    (``unsent-artifacts/<run_id>/``) and uploaded by the replay; MLflow
+    logged models are then skipped (the ``.keras`` files are kept). ``fit``
+    never waits on the server more than ``flush_timeout`` seconds at the end.
 
     The run ends FINISHED when training ends, KILLED on ``SIGTERM`` or
     ``KeyboardInterrupt``, and FAILED (with the traceback saved as
@@ -181,7 +187,9 @@ class MLflowTracking(keras.callbacks.Callback):
         self.backup_dir = backup_dir
         self._resume_state = RunState(backup_dir) if backup_dir is not None else None
         self.log_model = bool(log_model)
-        self.run_id: str | None = None
+        self._run_id: str | None = None
+        self._creation: dict[str, Any] | None = None  # how a pending run is to be created
+        self._journal: Journal | None = None
         self._tracking_uri: str | None = None
         self._experiment_id: str | None = None
         self._last_steps: dict[str, int] = {}
@@ -201,6 +209,13 @@ class MLflowTracking(keras.callbacks.Callback):
         self._previous_sigterm: Any = None
         self._previous_excepthook: Any = None
         self._failure: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id; ``pending-<hex>`` while a run started offline is not created yet."""
+        if self._run_id is not None and self._journal is not None and is_pending_run_id(self._run_id):
+            return self._journal.runs.get(self._run_id) or self._run_id
+        return self._run_id
 
     # -- context manager: ends the run on any exception ----------------------------------
     def __enter__(self) -> MLflowTracking:
@@ -228,18 +243,13 @@ class MLflowTracking(keras.callbacks.Callback):
         self._ended = False
         self._history, self._best, self._best_step = [], None, 0
         self._last_steps, self._resumes = {}, 0
+        self._run_id = self._experiment_id = self._creation = None
         uri = self._tracking_uri = resolve_tracking_uri(self.tracking_uri)
-        if not server_is_reachable(uri):
-            # MLflow would retry for minutes; the run cannot be created offline.
-            self._active = False
-            raise ConnectionError(
-                f"the MLflow tracking server at {uri} does not answer, so no run can be created; "
-                "start it, or unset MLFLOW_TRACKING_URI to use the embedded store mlruns/"
-            )
         self._client = mlflow.MlflowClient(uri)
         journal_path = Path(self.journal_path) if self.journal_path else default_journal_path(uri)
         journal_path.parent.mkdir(parents=True, exist_ok=True)
-        journal = Journal(journal_path)
+        journal = self._journal = Journal(journal_path)
+        online = server_is_reachable(uri)
         saved = self._resume_state.load() if self._resume_state is not None else None
         if saved is not None and saved.get("tracking_uri") != uri:
             warnings.warn(
@@ -248,16 +258,34 @@ class MLflowTracking(keras.callbacks.Callback):
                 stacklevel=2,
             )
             saved = None
-        resumed = saved is not None and self._reattach(saved, journal)
+        resumed = saved is not None and (
+            self._reattach(saved, journal) if online else self._continue_offline(saved, journal)
+        )
         commit = _run_params.git_commit()
         if not resumed:
-            self._experiment_id = get_or_create_experiment(self._client, self.experiment)
             tags = {**self.tags}
             if commit:
                 tags["mlflow.source.git.commit"] = commit
-            run = self._client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
-            self.run_id = run.info.run_id
+            if online:
+                online = self._create_run(tags)
+            if not online:
+                self._creation = {
+                    "experiment": self.experiment,
+                    "run_name": self.run_name,
+                    "tags": tags,
+                    "start_time": int(time.time() * 1000),
+                }
         self._sink = Sink(self._client, journal, self.flush_timeout)
+        if self._creation is not None:  # first in the queue: every record of the run follows it
+            self._run_id = self._sink.create_run(**self._creation, run_id=self._run_id)
+        if not online:
+            created = "the run is created and " if is_pending_run_id(self._run_id) else ""
+            print(
+                f"MLflowTracking: the MLflow tracking server at {uri} does not answer; training goes "
+                f"on and the records of run {self._run_id} are journaled in {journal.path}; "
+                f"{created}they are sent when the server answers again, or by `optsuite tracking replay`",
+                file=sys.stderr,
+            )
         if self._resume_state is not None:
             self._directory, self._temporary = self._resume_state.directory, None
             self._directory.mkdir(parents=True, exist_ok=True)
@@ -265,27 +293,43 @@ class MLflowTracking(keras.callbacks.Callback):
             self._temporary = tempfile.TemporaryDirectory(prefix="optsuite-run-")
             self._directory = Path(self._temporary.name)
         if resumed:
-            self._sink.set_tags(self.run_id, {"keras_optsuite.resumes": str(self._resumes)})
+            self._sink.set_tags(self._run_id, {"keras_optsuite.resumes": str(self._resumes)})
         else:
-            self._sink.log_params(self.run_id, self._params(commit))
+            self._sink.log_params(self._run_id, self._params(commit))
             self._log_input()
         self._save_resume_state()
         self._install_exit_hooks()
+
+    def _create_run(self, tags: dict[str, str]) -> bool:
+        """Create the run now; False (to create it offline) if the server stopped answering meanwhile."""
+        try:
+            self._experiment_id = get_or_create_experiment(self._client, self.experiment)
+            run = self._client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
+        except Exception:
+            if server_is_reachable(self._tracking_uri):
+                raise
+            return False
+        self._run_id = run.info.run_id
+        return True
 
     def _reattach(self, saved: Mapping[str, Any], journal: Journal) -> bool:
         """Continue the run of ``saved``: False (with a warning) when it is gone."""
         from mlflow.exceptions import MlflowException
 
         # A stale record (a KILLED terminate from the previous process) must
-        # reach the store before the run is set RUNNING again.
+        # reach the store before the run is set RUNNING again; replaying also
+        # creates a run the previous process started offline.
         with fail_fast_http():
             _, remaining = journal.replay(self._client)
+        run_id = journal.runs.get(saved["run_id"])
         if remaining:
-            raise ConnectionError(
-                f"{remaining} records of earlier runs in {journal.path} could not be sent to "
-                f"{self._tracking_uri}; the run {saved['run_id']} cannot be resumed before they are"
+            warnings.warn(
+                f"{remaining} records in {journal.path} are not taken by {self._tracking_uri} yet; "
+                f"run {saved['run_id']} continues behind them",
+                stacklevel=3,
             )
-        run_id = saved["run_id"]
+        if remaining or run_id is None:  # or a pending run whose creation never reached the journal
+            return self._continue_offline(saved, journal)
         try:
             run = self._client.get_run(run_id)
         except MlflowException as error:
@@ -294,27 +338,59 @@ class MLflowTracking(keras.callbacks.Callback):
         if run.info.lifecycle_stage != "active":
             warnings.warn(f"run {run_id} was deleted: starting a new run", stacklevel=3)
             return False
-        self.run_id, self._experiment_id = run_id, run.info.experiment_id
+        self._run_id, self._experiment_id = run_id, run.info.experiment_id
         self._last_steps = {
             key: max(metric.step for metric in self._client.get_metric_history(run_id, key))
             for key in run.data.metrics
         }
         self._client.update_run(run_id, status="RUNNING")
+        self._restore(saved)
+        return True
+
+    def _continue_offline(self, saved: Mapping[str, Any], journal: Journal) -> bool:
+        """Continue the run of ``saved`` without the store: its records queue behind the journal's.
+
+        The steps already logged are those saved at the last epoch's end and
+        those waiting in the journal. A run created offline is queued for
+        creation again (it is created once). Its status stays what the
+        previous process left (e.g. KILLED) until this one ends it.
+        """
+        run_id = journal.runs.get(saved["run_id"]) or saved["run_id"]
+        if is_pending_run_id(run_id):
+            creation = saved.get("create_run")
+            if not isinstance(creation, dict):
+                return False
+            self._creation = {key: creation.get(key) for key in ("experiment", "run_name", "tags", "start_time")}
+        self._run_id, self._experiment_id = run_id, saved.get("experiment_id")
+        self._last_steps = {str(k): int(v) for k, v in (saved.get("last_steps") or {}).items()}
+        ids = {run_id, saved["run_id"], saved.get("record_run_id")}  # a pending id, even once created
+        for record in journal.pending():
+            if record["kind"] == "metrics" and record["run_id"] in ids:
+                for key, _, _, step in record["metrics"]:
+                    self._last_steps[key] = max(step, self._last_steps.get(key, step))
+        self._restore(saved)
+        return True
+
+    def _restore(self, saved: Mapping[str, Any]) -> None:
         self._history = [dict(row) for row in saved.get("history", [])]
         self._best, self._best_step = saved.get("best"), int(saved.get("best_step", 0))
         self._resumes = int(saved.get("resumes", 0)) + 1
-        return True
 
     def _save_resume_state(self) -> None:
         if self._resume_state is None:
             return
+        run_id = self.run_id
         self._resume_state.save({
-            "run_id": self.run_id,
+            "run_id": run_id,
+            "record_run_id": self._run_id,
             "tracking_uri": self._tracking_uri,
+            "experiment_id": self._experiment_id,
             "history": self._history,
             "best": self._best,
             "best_step": self._best_step,
             "resumes": self._resumes,
+            "last_steps": self._last_steps,
+            "create_run": self._creation if is_pending_run_id(run_id) else None,
         })  # fmt: skip
 
     def _install_gradient_norm_probe(self) -> None:
@@ -338,10 +414,12 @@ class MLflowTracking(keras.callbacks.Callback):
         self._ended, self._active = True, False
         self._remove_exit_hooks()
         try:
+            if is_pending_run_id(self.run_id):
+                self._sink.flush(self.flush_timeout)  # creates the run if the server answers now
             with fail_fast_http():  # a stopped server must not hold the exit for minutes
                 self._log_artifacts(failure, logged_models=status == "FINISHED" and self.log_model)
         finally:
-            self._sink.terminate(self.run_id, status)
+            self._sink.terminate(self._run_id, status)
             self._sink.flush(self.flush_timeout)
             self._sink.close()
             if self._temporary is not None:
@@ -377,7 +455,7 @@ class MLflowTracking(keras.callbacks.Callback):
         x, y = self.training_data if isinstance(self.training_data, tuple) else (self.training_data, None)
         dataset = mlflow.data.from_numpy(np.asarray(x), targets=None if y is None else np.asarray(y), name="training")
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
-        self._client.log_inputs(self.run_id, datasets=[entity])
+        self._sink.log_inputs(self._run_id, [entity])
 
     # -- metrics -------------------------------------------------------------
     def _iterations(self) -> int:
@@ -432,8 +510,9 @@ class MLflowTracking(keras.callbacks.Callback):
             except (TypeError, ValueError):
                 continue
             metrics.append(Metric(key=key, value=number, timestamp=timestamp, step=int(step)))
+            self._last_steps[key] = int(step)
         if metrics:
-            self._sink.log_metrics(self.run_id, metrics)
+            self._sink.log_metrics(self._run_id, metrics)
 
     # -- best model ----------------------------------------------------------
     def _monitored(self, logs: Mapping[str, Any]) -> str | None:
@@ -484,16 +563,36 @@ class MLflowTracking(keras.callbacks.Callback):
             files.append((directory / "history.csv", None))
             _plot_history(self._history, directory / "learning_curves.png")
             files.append((directory / "learning_curves.png", None))
+        run_id = self.run_id
+        uploading = not is_pending_run_id(run_id)
+        reason = f"the run is not created yet: {self._tracking_uri} does not answer"
+        kept: Path | None = None
         for path, artifact_path in files:
-            try:
-                self._client.log_artifact(self.run_id, str(path), artifact_path)
-            except Exception as error:  # noqa: BLE001 - the server may be down: keep a local copy
-                keep = Path(self._sink.journal.path).parent / "unsent-artifacts" / self.run_id / (artifact_path or "")
-                keep.mkdir(parents=True, exist_ok=True)
-                (keep / path.name).write_bytes(path.read_bytes())
-                print(f"MLflowTracking: could not upload {path.name} ({error}); kept in {keep}", file=sys.stderr)
-        if logged_models:
+            if uploading:
+                try:
+                    self._client.log_artifact(run_id, str(path), artifact_path)
+                    continue
+                except Exception as error:  # noqa: BLE001 - the server may be down: keep a local copy
+                    uploading, reason = False, f"upload failed: {error}"
+            if kept is None:
+                kept = self._journal.new_artifacts_directory(run_id)
+            (kept / (artifact_path or "")).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, kept / (artifact_path or "") / path.name)
+        if kept is not None:  # before the terminate record: the replay uploads them first
+            self._sink.log_artifacts(run_id, kept)
+            print(
+                f"MLflowTracking: artifacts not uploaded ({reason}); kept in {kept} and journaled: "
+                "uploaded when the journal is replayed",
+                file=sys.stderr,
+            )
+        if logged_models and uploading:
             self._log_models(directory)
+        elif logged_models:
+            print(
+                "MLflowTracking: no MLflow logged models (the tracking server does not answer); "
+                "model/final.keras and model/best.keras are journaled",
+                file=sys.stderr,
+            )
 
     def _log_models(self, directory: Path) -> None:
         """The final and best models as MLflow logged models (skipped, with a note, if impossible)."""
@@ -505,6 +604,12 @@ class MLflowTracking(keras.callbacks.Callback):
                 file=sys.stderr,
             )
             return
+        if self._experiment_id is None:  # a run created from the journal
+            try:
+                self._experiment_id = self._client.get_run(self.run_id).info.experiment_id
+            except Exception as error:  # noqa: BLE001
+                print(f"MLflowTracking: no MLflow logged models: {error!r}", file=sys.stderr)
+                return
         models = [("final", self.model, self._iterations())]
         if (directory / "best.keras").exists():
             models.append(("best", directory / "best.keras", self._best_step))

@@ -38,7 +38,7 @@ def _model():
     return keras.Model(inputs, keras.layers.Dense(10)(hidden))
 
 
-def _train(digits, tracking, optimizer=None, **fit):
+def _train(digits, tracking, optimizer=None, callbacks=None, **fit):
     x, y = digits
     model = _model()
     model.compile(
@@ -47,7 +47,7 @@ def _train(digits, tracking, optimizer=None, **fit):
         metrics=["accuracy"],
     )
     history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_split=0.25, verbose=0,
-                        callbacks=[tracking], **fit)
+                        callbacks=callbacks or [tracking], **fit)
     return model, history
 
 
@@ -289,16 +289,138 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert run.info.status == "KILLED"
 
 
-def test_an_unreachable_server_at_the_start_fails_fast_and_names_it(digits, tmp_path, monkeypatch):
+class _Clock(keras.callbacks.Callback):
+    """Notes when ``on_train_end`` reaches it: one before and one after the tracking callback time its end."""
+
+    def on_train_end(self, logs=None):
+        self.ended = time.monotonic()
+
+
+class _StopServerAfterTraining(keras.callbacks.Callback):
+    """Stops the server after the last epoch: the run's end finds it down."""
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.params["epochs"] - 1:
+            self.server.stop()
+
+
+def _train_timing_the_end(digits, tracking, *more):
+    before, after = _Clock(), _Clock()
+    model, history = _train(digits, tracking, callbacks=[before, tracking, after, *more])
+    return model, history, after.ended - before.ended
+
+
+def _unsent_files(journal_path):
+    return sorted(p.relative_to(journal_path.parent) for p in journal_path.parent.rglob("unsent-artifacts/**/*")
+                  if p.is_file())
+
+
+def test_an_unreachable_server_at_the_start_does_not_stop_training_and_names_it(digits, tmp_path, monkeypatch,
+                                                                                capsys):
     from mlflow_server import free_port
+
+    from keras_optsuite.callbacks._journal import Journal
 
     monkeypatch.chdir(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    tracking = MLflowTracking(experiment="down", tracking_uri=uri)
-    started = time.monotonic()
-    with pytest.raises(ConnectionError, match=uri.replace(".", r"\.")):
-        _train(digits, tracking)
-    assert time.monotonic() - started < 30
+    journal_path = tmp_path / "journals" / "down.jsonl"
+    tracking = MLflowTracking(experiment="down", tracking_uri=uri, journal_path=journal_path, flush_timeout=2,
+                              log_every_n_steps=EVERY)
+    _, history, end_seconds = _train_timing_the_end(digits, tracking)
+    assert len(history.history["loss"]) == EPOCHS
+    assert end_seconds < 2 + 3, f"the run's end took {end_seconds:.1f} s"
+    stderr = capsys.readouterr().err
+    assert stderr.count(f"the MLflow tracking server at {uri} does not answer") == 1, "warned once, naming it"
+    assert str(journal_path) in stderr
+    assert "no MLflow logged models" in stderr
+    assert tracking.run_id.startswith("pending-")
+    records = Journal(journal_path).pending()
+    assert records[0]["kind"] == "create_run" and records[0]["experiment"] == "down"
+    assert {r["run_id"] for r in records} == {tracking.run_id}
+    assert [r["kind"] for r in records[-2:]] == ["artifacts", "terminate"] and records[-1]["status"] == "FINISHED"
+    assert sorted(p.name for p in Path(records[-2]["directory"]).rglob("*") if p.is_file()) == sorted([
+        "best.keras", "final.keras", "history.csv", "learning_curves.png", "model_summary.txt", "optimizer.json"])
+    epochs = [m[3] for r in records if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "val_loss"]
+    assert epochs == list(range(EPOCHS))
+
+
+def _replay(uri, journal_path, capsys):
+    from keras_optsuite import cli
+
+    status = cli.main(["tracking", "replay", "--journal", str(journal_path), "--tracking-uri", uri])
+    return status, capsys.readouterr().out
+
+
+def _runs(client, experiment):
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.mark.slow
+def test_an_outage_at_the_start_or_at_the_end_is_replayed_into_one_complete_run(digits, tmp_path, monkeypatch,
+                                                                                mlflow_server, capsys):
+    """One outage: a run that ends during it (artifacts kept) and one that starts during it (a pending run)."""
+    monkeypatch.chdir(tmp_path)
+    uri, journal_path = mlflow_server.uri, tmp_path / "journals" / "server.jsonl"
+    options = dict(tracking_uri=uri, journal_path=journal_path, log_every_n_steps=EVERY, flush_timeout=3)
+    client = mlflow.MlflowClient(uri)
+    try:
+        ended_down = MLflowTracking(experiment="outage-at-the-end", log_model=False, **options)
+        end_model, end_history, _ = _train_timing_the_end(digits, ended_down, _StopServerAfterTraining(mlflow_server))
+        assert "artifacts not uploaded" in capsys.readouterr().err
+
+        started_down = MLflowTracking(experiment="outage-at-the-start", training_data=digits, **options)
+        model, history, end_seconds = _train_timing_the_end(digits, started_down)
+        assert end_seconds < 3 + 3, f"the run's end took {end_seconds:.1f} s"
+        assert started_down.run_id.startswith("pending-")
+        assert "no MLflow logged models" in capsys.readouterr().err
+        assert _replay(uri, journal_path, capsys)[0] == 1, "nothing can be sent while the server is down"
+    finally:
+        mlflow_server.start()
+
+    status, output = _replay(uri, journal_path, capsys)
+    assert status == 0 and "; 0 remain" in output
+    (run,) = _runs(client, "outage-at-the-start")
+    assert started_down.run_id == run.info.run_id, "run_id is the real id once the run exists"
+    _check_complete_record(client, run.info.run_id, model, history, digits)
+    assert run.inputs.dataset_inputs[0].dataset.digest, "the training data, recorded offline"
+    assert _runs(client, "outage-at-the-end")[0].info.run_id == ended_down.run_id
+    _check_complete_record(client, ended_down.run_id, end_model, end_history, digits)
+    assert _unsent_files(journal_path) == [], "uploaded copies are deleted"
+
+    status, output = _replay(uri, journal_path, capsys)  # again: nothing to send, no second run
+    assert status == 0 and "sent 0 records" in output
+    assert len(_runs(client, "outage-at-the-start")) == 1 and len(_runs(client, "outage-at-the-end")) == 1
+
+
+@pytest.mark.slow
+def test_a_job_started_offline_resumes_the_same_run_offline_and_online(tmp_path, monkeypatch, mlflow_server, capsys):
+    """Interrupted twice while the server is down, finished after it is back: one run, every step once."""
+    from workers.resume_training import train
+
+    from keras_optsuite.callbacks._store import default_journal_path
+
+    monkeypatch.chdir(tmp_path)
+    uri = mlflow_server.uri
+    client = mlflow.MlflowClient(uri)
+    try:
+        mlflow_server.stop()
+        with pytest.raises(KeyboardInterrupt):
+            first, _ = train(str(tmp_path), uri, stop_at=15, how="interrupt")  # in epoch 1
+        with pytest.raises(KeyboardInterrupt):
+            train(str(tmp_path), uri, stop_at=25, how="interrupt")  # restored at epoch 1, stopped in epoch 2
+    finally:
+        mlflow_server.start()
+    assert _replay(uri, default_journal_path(uri), capsys)[0] == 0
+    (killed,) = _runs(client, "resume")
+    assert killed.info.status == "KILLED" and killed.data.tags["keras_optsuite.resumes"] == "1"
+    assert [m.step for m in client.get_metric_history(killed.info.run_id, "batch.loss")] == list(range(2, 25, 2))
+    tracking, _ = train(str(tmp_path), uri)  # restored at epoch 2, online: the run created from the journal
+    assert tracking.run_id == killed.info.run_id
+    _check_resumed_run(client, tracking, resumes=2)
 
 
 # -- the gradient norm ---------------------------------------------------------------

@@ -18,10 +18,11 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 
 import mlflow
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 
 from keras_optsuite import cli
 from keras_optsuite.callbacks import _journal, _store
@@ -171,6 +172,27 @@ def test_plan_requests_respects_mlflow_batch_limits():
     assert (9, 10) in plan
 
 
+def test_run_creation_artifact_and_input_records_are_validated(tmp_path):
+    journal = Journal(tmp_path / "j.jsonl")
+    create = {"kind": "create_run", "run_id": "pending-1", "experiment": "e", "run_name": None, "tags": {},
+              "start_time": NOW_MS}
+    with pytest.raises(ValueError, match="run_id must start with 'pending-'"):
+        journal.append({**create, "run_id": "a" * 32})
+    with pytest.raises(ValueError, match="experiment"):
+        journal.append({**create, "experiment": ""})
+    with pytest.raises(ValueError, match="start_time"):
+        journal.append({**create, "start_time": 1.5})
+    with pytest.raises(ValueError, match="directory must be an absolute path"):
+        journal.append({"kind": "artifacts", "run_id": "r", "directory": "relative/dir", "artifact_path": None})
+    with pytest.raises(ValueError, match="artifact_path"):
+        journal.append({"kind": "artifacts", "run_id": "r", "directory": str(tmp_path), "artifact_path": 3})
+    with pytest.raises(ValueError, match="datasets"):
+        journal.append({"kind": "inputs", "run_id": "r", "datasets": [{"name": "training"}]})
+    assert journal.pending() == []
+    journal.append(create)
+    assert journal.pending() == [create]
+
+
 # -- replay against real stores ----------------------------------------------------
 
 
@@ -294,6 +316,107 @@ def test_replay_to_a_stopped_server_fails_fast_and_keeps_everything(tmp_path):
     assert journal.replay(mlflow.MlflowClient(f"http://127.0.0.1:{free_port()}")) == (0, 3)
     assert time.monotonic() - started < 2.0  # MLflow's default retries: ~4 minutes
     assert len(journal.pending()) == 3
+
+
+# -- runs started while the store was unreachable -------------------------------------
+
+
+def kept_artifacts(journal, run_id):
+    directory = journal.new_artifacts_directory(run_id)
+    (directory / "model").mkdir()
+    (directory / "model" / "final.keras").write_bytes(b"weights")
+    (directory / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    return directory
+
+
+def offline_run_journal(path, experiment):
+    """What a job started with the store down leaves: its run's creation first, then its records."""
+    journal = Journal(path)
+    pending = "pending-" + uuid.uuid4().hex
+    directory = kept_artifacts(journal, pending)
+    journal.append({"kind": "create_run", "run_id": pending, "experiment": experiment, "run_name": "offline",
+                    "tags": {"team": "a"}, "start_time": NOW_MS})
+    journal.append({"kind": "params", "run_id": pending, "params": {"learning_rate": "0.01", "seed": "7"}})
+    journal.append({"kind": "tags", "run_id": pending, "tags": {"phase": "first"}})
+    for step in range(20):
+        journal.append(metric_record(pending, step))
+    journal.append({"kind": "tags", "run_id": pending, "tags": {"phase": "last"}})
+    journal.append({"kind": "artifacts", "run_id": pending, "directory": str(directory), "artifact_path": None})
+    journal.append({"kind": "terminate", "run_id": pending, "status": "FINISHED", "end_time": NOW_MS + 99})
+    return journal, pending, directory
+
+
+class CrashRightAfterCreatingTheRun(mlflow.MlflowClient):
+    """A real client; the process "dies" once the store has created the run, before anything is recorded."""
+
+    def create_run(self, *args, **kwargs):
+        super().create_run(*args, **kwargs)
+        raise ConnectionError("killed right after create_run")
+
+
+def test_a_run_started_offline_is_created_once_even_when_replays_crash(client, tmp_path):
+    experiment = "offline-" + uuid.uuid4().hex[:8]
+    journal, pending, directory = offline_run_journal(tmp_path / "j.jsonl", experiment)
+    before_crash = tmp_path / "journal-before-crash"
+    shutil.copy(journal.path, before_crash)
+
+    # The run is created, then the replay dies: neither the real id nor the cursor is recorded.
+    assert journal.replay(CrashRightAfterCreatingTheRun(client.tracking_uri)) == (0, 26)
+    assert journal.runs.get(pending) is None
+    assert journal.replay(client) == (26, 0)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs([experiment_id])
+    assert journal.runs.get(pending) == run.info.run_id != pending
+    assert run.info.start_time == NOW_MS and run.info.run_name == "offline" and run.data.tags["team"] == "a"
+    assert_run_complete(client, run.info.run_id)
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["history.csv", "model"]
+    assert not directory.exists() and not directory.parent.exists(), "the uploaded copy is deleted"
+
+    # Everything sent, but the cursor and the real id were lost: replaying all again changes nothing.
+    shutil.copy(before_crash, journal.path)
+    journal.cursor_path.unlink(missing_ok=True)
+    journal.runs.path.unlink()
+    assert Journal(journal.path).replay(client) == (26, 0)
+    assert [r.info.run_id for r in client.search_runs([experiment_id])] == [run.info.run_id]
+    assert_run_complete(client, run.info.run_id)
+    assert journal.rejected() == []
+
+
+def test_records_of_a_pending_run_never_created_are_set_aside(tmp_path, shared_embedded_tracking_uri):
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    run_id = new_run(client)
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.append(metric_record("pending-" + uuid.uuid4().hex, 0))  # its create_run was lost
+    journal.append(metric_record(run_id, 0))
+    assert journal.replay(client) == (1, 0)
+    assert steps_of(client, run_id)[0] == [0]
+    (rejected,) = journal.rejected()
+    assert "was never created" in rejected["error"]
+
+
+def test_sink_sends_a_run_created_offline_its_inputs_and_artifacts(tmp_path, shared_embedded_tracking_uri):
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    journal = Journal(tmp_path / "j.jsonl")
+    experiment = "sink-offline-" + uuid.uuid4().hex[:8]
+    with Sink(client, journal, flush_timeout=30) as sink:
+        pending = sink.create_run(experiment, tags={"team": "b"}, start_time=NOW_MS)
+        assert pending.startswith("pending-")
+        sink.log_params(pending, {"seed": "7"})
+        dataset = Dataset("training", "d1g35t", "code", "{}", None, '{"shape": [4, 2]}')
+        sink.log_inputs(pending, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+        directory = kept_artifacts(journal, pending)
+        sink.log_artifacts(pending, directory)
+        sink.terminate(pending, "FINISHED", end_time=NOW_MS + 5)
+        assert sink.flush() == 0
+        real = sink.resolve_run_id(pending)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert real == run.info.run_id
+    assert run.data.params == {"seed": "7"} and run.info.status == "FINISHED"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == "d1g35t" and dataset_input.tags[0].value == "training"
+    assert sorted(a.path for a in client.list_artifacts(real)) == ["history.csv", "model"]
+    assert not directory.exists()
+    assert sink.resolve_run_id(real) == real
 
 
 # -- the sink ---------------------------------------------------------------------------
