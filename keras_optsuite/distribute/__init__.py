@@ -1,4 +1,5 @@
-"""tf.distribute support: multi-worker ``model.fit`` on Keras 3, a local launcher.
+"""tf.distribute support: a strategy factory, multi-worker ``model.fit`` on Keras 3,
+a local launcher, parameter-server training with sharded embeddings.
 
 Importing this package makes ``model.fit``, ``evaluate`` and ``predict``
 work under ``tf.distribute.MultiWorkerMirroredStrategy`` on Keras 3.15
@@ -40,16 +41,38 @@ from keras_optsuite.distribute._keras_multi_worker_patch import (
 )
 from keras_optsuite.distribute.devices import split_cpu
 from keras_optsuite.distribute.launch import ClusterTask, cluster_tasks, free_ports, launch
+from keras_optsuite.distribute.parameter_server import (
+    ShardedEmbedding,
+    serve_if_worker_or_ps,
+    train_with_parameter_servers,
+    variable_shards,
+)
+from keras_optsuite.distribute.strategy import (
+    STRATEGY_KINDS,
+    StrategyChoice,
+    choose_strategy_kind,
+    get_strategy,
+    read_tf_config,
+)
 
 enable_multi_worker_fit()
 
 __all__ = [
     "KNOWN_AFFECTED_KERAS",
+    "STRATEGY_KINDS",
     "ClusterTask",
+    "ShardedEmbedding",
+    "StrategyChoice",
+    "choose_strategy_kind",
     "cluster_tasks",
     "disable_multi_worker_fit",
     "enable_multi_worker_fit",
     "free_ports",
+    "get_strategy",
     "launch",
+    "read_tf_config",
+    "serve_if_worker_or_ps",
     "split_cpu",
+    "train_with_parameter_servers",
+    "variable_shards",
 ]
