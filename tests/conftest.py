@@ -51,6 +51,28 @@ import mlflow  # noqa: E402,F401  (imported once here, so gc.freeze below covers
 # only what the tests create.
 gc.freeze()
 
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Make ``pytest.mark.xdist_group`` work again under ``--dist loadgroup``.
+
+    pytest-xdist 3.8 tags a grouped test by rewriting ``item._nodeid`` to
+    ``<nodeid>@<group>``; pytest 9 derives ``nodeid`` from ``item._id``
+    instead, so the groups were silently ignored and module-scoped fixtures
+    (a real MLflow server, a multi-worker launch) ran on both xdist workers.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 LOGICAL_CPUS = ["/cpu:0", "/cpu:1"]
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -35,6 +35,9 @@ from keras_optsuite.distribute.launch import NOT_STARTED_EXIT_CODE, TIMEOUT_EXIT
 WORKER_SCRIPT = Path(__file__).parent / "workers" / "multi_worker_fit.py"
 ONE_THREAD = {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
 
+# One xdist worker runs the module: its launch fixture runs once.
+pytestmark = pytest.mark.xdist_group("multi_worker_fit")
+
 
 # ---------------------------------------------------------------------------
 # TF_CONFIG construction

@@ -29,6 +29,9 @@ WORKER_SCRIPT = Path(__file__).parent / "workers" / "parameter_server_training.p
 ONE_THREAD = {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
 PS_DEVICES = ["/job:ps/replica:0/task:0/device:CPU:0", "/job:ps/replica:0/task:1/device:CPU:0"]
 
+# One xdist worker runs the module: its launch fixture runs once.
+pytestmark = pytest.mark.xdist_group("parameter_server")
+
 
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory):

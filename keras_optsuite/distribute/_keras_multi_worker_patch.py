@@ -90,6 +90,23 @@ def _first_local_value(strategy: Any, value: Any) -> Any:
     return value
 
 
+def _per_replica_element_spec(iterator: Any) -> Any:
+    """The ``TypeSpec`` structure of one replica's batch of ``iterator``'s data, or None."""
+    import tensorflow as tf
+
+    spec = getattr(getattr(iterator, "_distributed_dataset", None), "element_spec", None)
+    if spec is None:
+        return None
+
+    def one_replica(component: Any) -> Any:
+        replicas = getattr(component, "_value_specs", None)  # a PerReplicaSpec
+        component = replicas[0] if replicas else component
+        return component if hasattr(component, "shape") and hasattr(component, "dtype") else None
+
+    specs = tf.nest.map_structure(one_replica, spec)
+    return None if any(leaf is None for leaf in tf.nest.flatten(specs)) else specs
+
+
 # --- the replacements --------------------------------------------------------
 def _make_maybe_symbolic_build(original: Callable) -> Callable:
     from keras.src import tree
@@ -98,13 +115,19 @@ def _make_maybe_symbolic_build(original: Callable) -> Callable:
         strategy = self._distribute_strategy
         if iterator is None or strategy is None or not _is_multi_worker(strategy):
             return original(self, iterator=iterator, data_batch=data_batch)
-        # Only shapes and dtypes are needed: one local replica's batch has them.
-        for _, _, distributed_iterator in iterator:
-            batch = next(distributed_iterator)
-            data_batch = tree.map_structure(
-                lambda value: _first_local_value(strategy, value), batch
-            )
-            break
+        # Only shapes and dtypes are needed: the dataset's element spec has
+        # them. Pulling a batch (upstream) would also run the input pipeline
+        # ahead on a throw-away iterator, advancing its random generators
+        # (MixUp/CutMix in tf.data would then mix differently than on one
+        # device).
+        data_batch = _per_replica_element_spec(iterator)
+        if data_batch is None:  # one local replica's batch has them too
+            for _, _, distributed_iterator in iterator:
+                batch = next(distributed_iterator)
+                data_batch = tree.map_structure(
+                    lambda value: _first_local_value(strategy, value), batch
+                )
+                break
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
