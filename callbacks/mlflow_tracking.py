@@ -196,6 +196,7 @@ class MLflowTracking(keras.callbacks.Callback):
         self._resumes = 0
         self._best_step = 0
         self._gradient_norm = None
+        self._iterations_at_batch_end: int | None = None
         self._client = None
         self._sink: Sink | None = None
         self._active = False
@@ -243,6 +244,7 @@ class MLflowTracking(keras.callbacks.Callback):
         self._ended = False
         self._history, self._best, self._best_step = [], None, 0
         self._last_steps, self._resumes = {}, 0
+        self._iterations_at_batch_end = None  # BackupAndRestore may restore the counter after this
         self._run_id = self._experiment_id = self._creation = None
         uri = self._tracking_uri = resolve_tracking_uri(self.tracking_uri)
         self._client = mlflow.MlflowClient(uri)
@@ -465,7 +467,12 @@ class MLflowTracking(keras.callbacks.Callback):
         return step % self.log_every_n_steps == 0
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if not self._active or not self._logging_step(self._iterations() + 1):
+        if not self._active:
+            return
+        # Nothing moves the counter between one batch's end and the next's
+        # begin: one read per step (at the end) is enough.
+        done = self._iterations_at_batch_end
+        if not self._logging_step((self._iterations() if done is None else done) + 1):
             return
         self._learning_rate_at_step = _learning_rate(self.model.optimizer)
         self._snapshot = [np.array(w) for w in self.model.trainable_weights]
@@ -473,7 +480,7 @@ class MLflowTracking(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if not self._active:
             return
-        step = self._iterations()
+        step = self._iterations_at_batch_end = self._iterations()
         if not self._logging_step(step):
             return
         values = {f"batch.{key}": value for key, value in (logs or {}).items()}
