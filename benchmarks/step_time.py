@@ -76,6 +76,8 @@ def main() -> None:
             lambda: keras.optimizers.Adam(gradient_accumulation_steps=3)
         )
         for spec in WRAPPERS.values():
+            if getattr(spec.cls, "needs_closure", False):
+                continue  # its cost is a second forward/backward pass: benchmarks/step_cost.py
             candidates[f"{spec.name}(keras.Adam)"] = (
                 lambda spec=spec: spec.wrap(keras.optimizers.Adam())
             )

@@ -71,6 +71,7 @@ from keras_optsuite.distribute import launch
 from keras_optsuite.layers import LAYERS
 from keras_optsuite.optimizers import REGISTRY, WRAPPERS
 from subjects import SUBJECTS as OPTIMIZER_SUBJECTS
+from subjects import inners_for
 from test_layer_contract import NOT_MODEL_LAYERS
 from test_layer_contract import SUBJECTS as LAYER_SUBJECTS
 from workers import multi_worker_equivalence as job
@@ -258,8 +259,8 @@ def test_every_registered_optimizer_wrapper_and_layer_is_a_subject():
     plan = _plan()
     assert {s.id for s in OPTIMIZER_SUBJECTS} <= set(plan)
     assert set(REGISTRY) <= set(plan)
-    for name in WRAPPERS:  # around Keras's Adam and around our RAdam
-        assert {f"{name}(keras.Adam)", f"{name}(RAdam)"} <= set(plan)
+    for name, spec in WRAPPERS.items():  # around Keras's Adam and (most) around our RAdam
+        assert {f"{name}({inner.id})" for inner in inners_for(spec)} <= set(plan)
     assert set(LAYERS) <= set(plan)
     assert set(NOT_MODEL_LAYERS) == set(MIXING)
     assert {f"{name} masks" for name in RANDOM_LAYERS} <= set(plan)

@@ -31,6 +31,7 @@ from keras_optsuite.optimizers.novograd import NovoGrad
 from keras_optsuite.optimizers.qhadam import QHM, QHAdam
 from keras_optsuite.optimizers.radam import RAdam
 from keras_optsuite.optimizers.ranger import Ranger
+from keras_optsuite.optimizers.shampoo import Shampoo
 from keras_optsuite.optimizers.registry import (
     REGISTRY,
     WRAPPERS,
@@ -39,6 +40,9 @@ from keras_optsuite.optimizers.registry import (
     get_spec,
 )
 from keras_optsuite.optimizers.signum import Signum
+from keras_optsuite.optimizers import closure
+from keras_optsuite.optimizers.closure import apply_with_closure, closure_train_step
+from keras_optsuite.optimizers.sam import ASAM, GSAM, SAM
 from keras_optsuite.optimizers.skip_non_finite import SkipNonFinite
 from keras_optsuite.optimizers.yogi import Yogi
 from keras_optsuite.optimizers._base import LearningRateFree
@@ -51,7 +55,8 @@ from keras_optsuite.optimizers.schedule_free import (
 )
 
 __all__ = [
-    "COCOB", "LARS", "NovoGrad",
+    "ASAM", "GSAM", "SAM", "apply_with_closure", "closure", "closure_train_step",
+    "COCOB", "LARS", "NovoGrad", "Shampoo",
     "ADOPT", "AGC", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "Chain", "ClipByGlobalNorm",
     "EvaluationWeights", "ExponentialMovingAverage", "GradientAccumulation",
     "GradientCentralization", "GradientTransformation", "LaProp", "LazyAdam", "Lookahead",
@@ -61,3 +66,6 @@ __all__ = [
     "DAdaptAdam", "LearningRateFree", "Prodigy", "ScheduleFreeAdamW", "ScheduleFreeRAdam",
     "ScheduleFreeSGD",
 ]
+
+# Closure optimizers (SAM family) train through model.fit: see closure.py.
+closure.enable_closure_train_step()

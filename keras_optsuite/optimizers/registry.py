@@ -29,6 +29,7 @@ from keras_optsuite.optimizers.laprop import LaProp
 from keras_optsuite.optimizers.lars import LARS
 from keras_optsuite.optimizers.lazy_adam import LazyAdam
 from keras_optsuite.optimizers.madgrad import MADGRAD
+from keras_optsuite.optimizers.shampoo import Shampoo
 from keras_optsuite.optimizers.novograd import NovoGrad
 from keras_optsuite.optimizers.qhadam import QHM, QHAdam
 from keras_optsuite.optimizers.averaging import SWA, ExponentialMovingAverage
@@ -41,6 +42,7 @@ from keras_optsuite.optimizers.gradient_transforms import (
 )
 from keras_optsuite.optimizers.lookahead import Lookahead
 from keras_optsuite.optimizers.radam import RAdam
+from keras_optsuite.optimizers.sam import ASAM, GSAM, SAM
 from keras_optsuite.optimizers.ranger import Ranger
 from keras_optsuite.optimizers.skip_non_finite import SkipNonFinite
 from keras_optsuite.optimizers.signum import Signum
@@ -185,6 +187,21 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 0.01},
         ),
         OptimizerSpec(
+            Shampoo, "preconditioned",
+            "Gupta, Koren and Singer 2018, Shampoo: Preconditioned Stochastic Tensor Optimization "
+            "(with grafting, blocking and root refresh of Anil et al. 2020, Scalable Second Order "
+            "Optimization for Deep Learning)",
+            "https://arxiv.org/abs/1802.09568", "shampoo",
+            # Roots from step 2, refreshed every 5 steps: the save/load check
+            # (saved after step 5) resumes with stored roots.
+            {"learning_rate": 0.01, "start_preconditioning_step": 2, "precondition_frequency": 5},
+            ({"statistics_decay": 1.0, "grafting": "adagrad", "precondition_frequency": 1,
+              "start_preconditioning_step": 1},
+             {"block_size": 2, "grafting": "sgd", "beta_1": 0.0, "precondition_frequency": 3},
+             {"grafting": None, "statistics_decay": 0.5, "max_preconditioner_dim": 3,
+              "exponent_override": 2, "start_preconditioning_step": 1}),
+        ),
+        OptimizerSpec(
             Ranger, "adam",
             "Wright 2019, Ranger (RAdam + Lookahead + gradient centralization)",
             "https://github.com/lessw2020/Ranger-Deep-Learning-Optimizer", "ranger",
@@ -278,6 +295,8 @@ class WrapperSpec(NamedByClass):
         example: wrapper arguments that make its effect visible within a few
             dozen steps (tests and docs use them).
         variants: further argument sets covering documented options.
+        exclusions: contract checks that do not apply, with the reason and the
+            test covering the behaviour instead (as in :class:`OptimizerSpec`).
     """
 
     cls: type
@@ -286,10 +305,25 @@ class WrapperSpec(NamedByClass):
     reference: str
     example: dict[str, Any] = dataclasses.field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
+    exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def wrap(self, inner: Any, **overrides: Any) -> keras.optimizers.Optimizer:
         """A new wrapper around ``inner`` with the ``example`` arguments and ``overrides``."""
         return self.cls(inner, **{**self.example, **overrides})
+
+
+# The SAM family needs a closure (the loss at perturbed weights): the
+# contract's checks that call apply() with gradients only cannot run it.
+_NEEDS_CLOSURE = (
+    "apply() without a closure raises ClosureRequiredError by design; the update rule, "
+    "learning rate, fit/train_on_batch, sample weights, sparse gradients, mixed precision and "
+    "MirroredStrategy are tested through the closure train step in tests/test_closure_and_sam.py"
+)
+_CLOSURE_EXCLUSIONS = {
+    check: _NEEDS_CLOSURE
+    for check in ("paper_update_rule", "convex_quadratic", "schedule", "weight_decay",
+                  "norm_clipping", "clipvalue", "sparse_matches_dense")
+}
 
 
 WRAPPERS: dict[str, WrapperSpec] = {
@@ -301,6 +335,28 @@ WRAPPERS: dict[str, WrapperSpec] = {
             "https://arxiv.org/abs/1907.08610", "lookahead",
             {},
             ({"sync_period": 4, "slow_step_size": 0.75},),
+        ),
+        WrapperSpec(
+            SAM,
+            "Foret et al. 2021, Sharpness-Aware Minimization for Efficiently Improving Generalization",
+            "https://arxiv.org/abs/2010.01412", "sam",
+            {"rho": 0.05},
+            exclusions=_CLOSURE_EXCLUSIONS,
+        ),
+        WrapperSpec(
+            ASAM,
+            "Kwon et al. 2021, ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant "
+            "Learning of Deep Neural Networks",
+            "https://arxiv.org/abs/2102.11600", "sam",
+            {"rho": 0.5, "eta": 0.01},
+            exclusions=_CLOSURE_EXCLUSIONS,
+        ),
+        WrapperSpec(
+            GSAM,
+            "Zhuang et al. 2022, Surrogate Gap Guided Sharpness-Aware Minimization",
+            "https://arxiv.org/abs/2203.08065", "sam",
+            {"rho": 0.05, "alpha": 0.1},
+            exclusions=_CLOSURE_EXCLUSIONS,
         ),
         WrapperSpec(
             SWA,

@@ -1,0 +1,346 @@
+"""Train optimizers that need the loss again (SAM and kin) with plain ``model.fit``.
+
+Keras's ``train_step`` hands the optimizer gradients only. An optimizer that
+must re-evaluate the loss on the same batch (SAM's gradient at perturbed
+weights, Hessian-vector products, line searches) sets the class attribute
+``needs_closure = True`` and receives a *closure*: a function that returns
+``(gradients, loss)`` at the model's CURRENT weights on the current batch.
+While ``apply`` runs, the closure is in ``optimizer._closures[replica_id()]``
+(:class:`PendingClosure`; one per replica, because MirroredStrategy traces
+replicas concurrently); ``apply`` without one must raise
+:class:`ClosureRequiredError` with :func:`missing_closure_message`.
+
+Importing ``keras_optsuite`` installs :func:`closure_train_step` in front of
+the TensorFlow trainer's ``train_step``: when the compiled optimizer (seen
+through ``LossScaleOptimizer`` and keras-optsuite wrappers) needs a closure,
+the step runs here; every other optimizer runs Keras's own ``train_step``
+untouched. The closure step:
+
+* runs the forward pass and ``model._compute_loss`` (sample weights,
+  regularization losses) once, updates the loss tracker and the compiled
+  metrics from that first pass only;
+* scales the loss with ``optimizer.scale_loss`` (``mixed_float16``: the
+  ``LossScaleOptimizer`` unscales and skips non-finite steps as usual) and
+  scales/unscales the closure's loss with the same dynamic scale;
+* under ``tf.distribute`` each replica's closure returns its own gradients;
+  the optimizer sums them across replicas before any cross-variable math.
+
+A model that overrides ``train_step`` does not get this step: call
+:func:`closure_train_step` from it (``return closure_train_step(self, data)``)
+or :func:`apply_with_closure` with your own closure. The integration is
+applied only when Keras is in :data:`KNOWN_KERAS` and a probe still finds the
+upstream ``train_step`` it was written against (see
+:func:`enable_closure_train_step`).
+
+Known limits: the closure's forward pass runs in training mode, so
+``BatchNormalization`` moving statistics are updated a second time and
+dropout draws new masks (as in the reference PyTorch SAM); a user
+``compute_loss`` that updates its own trackers counts the closure's pass too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from typing import Any, Callable, NamedTuple, Sequence
+
+import keras
+import tensorflow as tf
+
+from keras_optsuite.optimizers._base import snapshot
+from keras_optsuite.optimizers._wrapper import iter_optimizers
+
+#: ``[first, last)`` Keras versions whose TensorFlow ``train_step`` this
+#: integration was checked against (3.15.1 here). Past it the integration
+#: stays off until someone checks the new release and moves the bound.
+KNOWN_KERAS = ((3, 3, 0), (3, 16, 0))
+
+APPLIED = "applied"
+
+#: Fragments of the upstream ``TensorFlowTrainer.train_step`` the closure
+#: step reproduces (whitespace ignored): if one disappears, Keras changed
+#: the step and the integration turns itself off.
+_EXPECTED_UPSTREAM = (
+    "data_adapter_utils.unpack_x_y_sample_weight(data)",
+    "self._compute_loss(",
+    "loss_module.unscale_loss_for_distribution(loss)",
+    "loss=self.optimizer.scale_loss(loss)",
+    "self.optimizer.apply_gradients(zip(gradients,trainable_weights))",
+    "returnself.compute_metrics(x,y,y_pred,sample_weight=sample_weight)",
+)
+
+_original_train_step: list[Callable] = []
+_status: dict[str, str] = {}
+
+Closure = Callable[[], tuple[list, Any]]
+
+
+class ClosureRequiredError(RuntimeError):
+    """An optimizer that needs a closure was stepped with gradients only."""
+
+
+def needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer`` or one nested in it needs a closure.
+
+    Looks through ``LossScaleOptimizer``, ``MultiOptimizer`` and
+    keras-optsuite wrappers.
+
+    Example:
+
+    >>> needs_closure(keras.optimizers.Adam())
+    False
+    """
+    return optimizer is not None and any(
+        getattr(o, "needs_closure", False) for o in iter_optimizers(optimizer)
+    )
+
+
+def missing_closure_message(optimizer: Any) -> str:
+    """The error text for ``optimizer.apply`` called without a closure."""
+    name = type(optimizer).__name__
+    if _status.get("train_step") == APPLIED:
+        how = (
+            "model.fit, train_on_batch and Keras's default train_step provide it "
+            "(installed by `import keras_optsuite`). If your model overrides "
+            "train_step, end it with "
+            "`return keras_optsuite.optimizers.closure.closure_train_step(self, data)`"
+        )
+    else:
+        reason = _status.get("train_step", "keras_optsuite.optimizers.closure was not imported")
+        how = (
+            f"the model.fit integration is off ({reason}); override train_step with "
+            "`return keras_optsuite.optimizers.closure.closure_train_step(self, data)`"
+        )
+    return (
+        f"{name} needs the loss re-evaluated on the same batch (a closure), but apply() "
+        f"received gradients only. {how}; in a custom training loop call "
+        f"`keras_optsuite.optimizers.closure.apply_with_closure(optimizer, grads, "
+        f"variables, closure)` with closure() returning (gradients, loss) at the "
+        f"current weights."
+    )
+
+
+def apply_with_closure(
+    optimizer: keras.optimizers.Optimizer,
+    grads: Sequence[Any],
+    variables: Sequence[Any],
+    closure: Closure,
+) -> None:
+    """Step ``optimizer`` (possibly a ``LossScaleOptimizer`` or nested wrappers).
+
+    Args:
+        optimizer: the compiled optimizer; each closure-needing optimizer inside
+            it receives ``closure``.
+        grads: gradients of the (scaled, if ``optimizer`` scales the loss) loss
+            at the current weights.
+        variables: the trainable variables, in the order of ``grads``.
+        closure: ``closure() -> (gradients, loss)`` evaluated at the current
+            weights on the same batch, unscaled. Under ``tf.distribute`` it runs
+            on each replica and returns that replica's gradients (the
+            optimizer sums them).
+
+    Example:
+
+    >>> def closure():
+    ...     with tf.GradientTape() as tape:
+    ...         loss = loss_fn(y, model(x, training=True))
+    ...     return tape.gradient(loss, model.trainable_variables), loss
+    >>> grads, _ = closure()
+    >>> apply_with_closure(optimizer, grads, model.trainable_variables, closure)
+    """
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    nested = list(iter_optimizers(optimizer))
+    targets = [o for o in nested if getattr(o, "needs_closure", False)]
+    _reject_accumulation_around(nested)
+    # MirroredStrategy traces each replica in its own thread, concurrently:
+    # each replica's closure (its own slice of the batch) is kept apart.
+    replica = replica_id()
+    for target in targets:
+        # The loss scale only checks the first gradient: a closure gradient
+        # that overflows skips the step instead of writing inf into weights.
+        target._closures[replica] = PendingClosure(closure, skips_non_finite=scaling)
+    try:
+        optimizer.apply(list(grads), list(variables))
+    finally:
+        for target in targets:
+            target._closures.pop(replica, None)
+
+
+def _reject_accumulation_around(nested: list) -> None:
+    from keras_optsuite.optimizers.gradient_accumulation import GradientAccumulation
+
+    for position, outer in enumerate(nested):
+        if isinstance(outer, GradientAccumulation) and any(
+            getattr(o, "needs_closure", False) for o in nested[position + 1 :]
+        ):
+            raise ValueError(
+                f"optimizer={type(nested[0]).__name__} puts GradientAccumulation around an "
+                "optimizer that needs a closure: the closure would see only the last "
+                "micro-batch. Wrap the other way round (e.g. SAM(GradientAccumulation(Adam())))."
+            )
+
+
+class PendingClosure(NamedTuple):
+    """The closure an optimizer uses during one ``apply`` on one replica."""
+
+    closure: Closure
+    skips_non_finite: bool
+
+
+def replica_id() -> int:
+    """This replica's index in its sync group (0 outside ``tf.distribute``)."""
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context
+        return 0
+    value = tf.get_static_value(context.replica_id_in_sync_group)
+    return 0 if value is None else int(value)
+
+
+def _forward(model: keras.Model, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
+    if model._call_has_training_arg:
+        y_pred = model(x, training=True)
+    else:
+        y_pred = model(x)
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    return y_pred, loss
+
+
+def _compile_loss_variables(model: keras.Model) -> list:
+    compile_loss = getattr(model, "_compile_loss", None)
+    metrics = getattr(compile_loss, "metrics", None) or []
+    return [v for metric in metrics for v in metric.variables]
+
+
+def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
+    """One training step that gives the optimizer a closure; returns the logs.
+
+    Same contract as ``keras.Model.train_step`` (TensorFlow backend). Call it
+    from a model that overrides ``train_step``::
+
+        class MyModel(keras.Model):
+            def train_step(self, data):
+                # ... your preprocessing ...
+                return closure_train_step(self, data)
+    """
+    from keras.src import tree
+    from keras.src.losses import loss as loss_module
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    optimizer = model.optimizer
+    with tf.GradientTape() as tape:
+        y_pred, loss = _forward(model, x, y, sample_weight)
+        model._loss_tracker.update_state(
+            loss_module.unscale_loss_for_distribution(loss),
+            sample_weight=tf.shape(next(i for i in tree.flatten(x) if i is not None))[0],
+        )
+        scaled_loss = optimizer.scale_loss(loss)
+    variables = model.trainable_weights
+    if not variables:
+        warnings.warn("The model does not have any trainable weights.")
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    grads = tape.gradient(scaled_loss, variables)
+    loss_scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+
+    def closure() -> tuple[list, Any]:
+        # Per-output loss trackers of the compiled loss count the first pass only.
+        trackers = _compile_loss_variables(model)
+        saved = [snapshot(v) for v in trackers]
+        with tf.GradientTape() as inner_tape:
+            _, closure_loss = _forward(model, x, y, sample_weight)
+            if loss_scaler is not None:
+                scale = tf.cast(snapshot(loss_scaler.dynamic_scale), closure_loss.dtype)
+                scaled = closure_loss * scale
+            else:
+                scaled = closure_loss
+        closure_grads = inner_tape.gradient(scaled, variables)
+        if loss_scaler is not None:
+            closure_grads = [
+                g if g is None else g / tf.cast(scale, g.dtype) for g in closure_grads
+            ]
+        for variable, value in zip(trackers, saved):
+            variable.assign(value)
+        return closure_grads, closure_loss
+
+    apply_with_closure(optimizer, grads, variables, closure)
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+# --- installation ---------------------------------------------------------------
+def _keras_version() -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
+
+
+def _trainer_class() -> Any:
+    from keras.src.backend.tensorflow import trainer
+
+    return trainer.TensorFlowTrainer
+
+
+def _why_not_applicable() -> str | None:
+    low, high = KNOWN_KERAS
+    if not low <= _keras_version() < high:
+        return f"Keras {keras.__version__} is outside the checked range"
+    if keras.backend.backend() != "tensorflow":
+        return f"backend is {keras.backend.backend()!r}, not 'tensorflow'"
+    try:
+        source = inspect.getsource(_trainer_class().__dict__["train_step"])
+    except (ImportError, KeyError, OSError, TypeError) as error:
+        return f"upstream train_step not found ({error!r})"
+    compact = re.sub(r"\s+", "", source)
+    missing = [f for f in _EXPECTED_UPSTREAM if re.sub(r"\s+", "", f) not in compact]
+    if missing:
+        return f"upstream train_step changed ({missing[0]!r} not found)"
+    return None
+
+
+def enable_closure_train_step() -> dict[str, str]:
+    """Install the closure train step in front of Keras's; idempotent.
+
+    Importing ``keras_optsuite`` calls it. Models whose optimizer does not
+    need a closure run Keras's ``train_step`` unchanged.
+
+    Returns:
+        ``{"train_step": "applied" or the reason it was not}``.
+
+    Example:
+
+    >>> enable_closure_train_step()["train_step"]
+    'applied'
+    """
+    if _original_train_step:
+        return dict(_status)
+    reason = _why_not_applicable()
+    if reason is not None:
+        _status["train_step"] = reason
+        return dict(_status)
+    trainer = _trainer_class()
+    original = trainer.__dict__["train_step"]
+
+    def train_step(self: Any, data: Any) -> Any:
+        if needs_closure(getattr(self, "optimizer", None)):
+            return closure_train_step(self, data)
+        return original(self, data)
+
+    train_step.__wrapped__ = original
+    train_step.__doc__ = (
+        "Keras's train_step, or keras_optsuite's closure_train_step when the "
+        "optimizer needs a closure (keras_optsuite.optimizers.closure)."
+    )
+    trainer.train_step = train_step
+    _original_train_step.append(original)
+    _status["train_step"] = APPLIED
+    return dict(_status)
+
+
+def disable_closure_train_step() -> None:
+    """Put Keras's ``train_step`` back (closure optimizers then raise in ``fit``).
+
+    Example:
+
+    >>> disable_closure_train_step()
+    """
+    if _original_train_step:
+        _trainer_class().train_step = _original_train_step.pop()
+    _status["train_step"] = "disabled by disable_closure_train_step()"
