@@ -32,6 +32,7 @@ from keras_optsuite.optimizers.qhadam import QHM, QHAdam
 from keras_optsuite.optimizers.radam import RAdam
 from keras_optsuite.optimizers.ranger import Ranger
 from keras_optsuite.optimizers.shampoo import Shampoo
+from keras_optsuite.optimizers.soap import SOAP
 from keras_optsuite.optimizers.registry import (
     REGISTRY,
     WRAPPERS,
@@ -56,7 +57,7 @@ from keras_optsuite.optimizers.schedule_free import (
 
 __all__ = [
     "ASAM", "GSAM", "SAM", "apply_with_closure", "closure", "closure_train_step",
-    "COCOB", "LARS", "NovoGrad", "Shampoo",
+    "COCOB", "LARS", "NovoGrad", "Shampoo", "SOAP",
     "ADOPT", "AGC", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "Chain", "ClipByGlobalNorm",
     "EvaluationWeights", "ExponentialMovingAverage", "GradientAccumulation",
     "GradientCentralization", "GradientTransformation", "LaProp", "LazyAdam", "Lookahead",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -53,7 +53,7 @@ def _factor_statistic(block: Any, axis: int) -> Any:
 
 
 def _mode_product(matrix: Any, block: Any, axis: int) -> Any:
-    """Multiply ``block`` along ``axis`` by the (symmetric) ``matrix``."""
+    """``block x_axis matrix``: the mode-``axis`` unfolding multiplied from the left by ``matrix``."""
     product = tf.tensordot(matrix, block, axes=[[1], [axis]])  # the axis moved to the front
     rank = len(block.shape)
     order = list(range(1, axis + 1)) + [0] + list(range(axis + 1, rank))
@@ -78,17 +78,22 @@ def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float) -> 
     return tf.matmul(eigenvectors * scale[..., None, :], eigenvectors, transpose_b=True)
 
 
+def _batched(matrices: list[Any], function: Callable[[Any], Any]) -> list[Any]:
+    """``function`` of each of ``matrices``, called once per distinct shape on the stacked batch."""
+    by_shape: dict[tuple, list[int]] = {}
+    for j, matrix in enumerate(matrices):
+        by_shape.setdefault(tuple(matrix.shape), []).append(j)
+    results: list[Any] = [None] * len(matrices)
+    for members in by_shape.values():
+        batch = tf.stack([matrices[j] for j in members])
+        for j, result in zip(members, tf.unstack(function(batch))):
+            results[j] = result
+    return results
+
+
 def _batched_roots(statistics: list[Any], exponent: float, matrix_epsilon: float) -> list[Any]:
     """The roots of ``statistics``, one batched eigendecomposition per distinct shape."""
-    by_shape: dict[tuple, list[int]] = {}
-    for j, statistic in enumerate(statistics):
-        by_shape.setdefault(tuple(statistic.shape), []).append(j)
-    roots: list[Any] = [None] * len(statistics)
-    for members in by_shape.values():
-        batch = tf.stack([statistics[j] for j in members])
-        for j, root in zip(members, tf.unstack(inverse_pth_root(batch, exponent, matrix_epsilon))):
-            roots[j] = root
-    return roots
+    return _batched(statistics, lambda batch: inverse_pth_root(batch, exponent, matrix_epsilon))
 
 
 class _Layout:
@@ -118,8 +123,93 @@ class _Layout:
         return [(b[a], b[a]) for b in self.block_shapes for a in self.axes]
 
 
+class KroneckerFactoredOptimizer(OptsuiteOptimizer):
+    """Shared machinery of Shampoo and SOAP (not registered, not exported).
+
+    Per variable: a :class:`_Layout` (blocks and preconditioned axes, from
+    ``block_size`` and ``max_preconditioner_dim``) and, per block and
+    preconditioned axis, one ``(n, n)`` matrix for each name in
+    ``_factor_attributes`` (stored in the attribute it maps to, one list per
+    variable). Slots and factors are float64 for float64 variables and
+    float32 otherwise; ``update_step`` computes in that dtype and subclasses
+    return the variable's change from ``_step``.
+    """
+
+    # Factor variable name -> attribute holding the per-variable lists.
+    _factor_attributes: dict[str, str] = {}
+    block_size: int
+    max_preconditioner_dim: int
+    exponent_override: int | None = None
+
+    def _build_slots(self, var_list: list) -> None:
+        # In the state dtype (float32 for float16 variables: g^2 overflows float16).
+        self._slots = {
+            slot: [
+                self.add_variable(v.shape, "zeros", self._state_dtype(v),
+                                  name=f"{v.path.replace('/', '_')}_{slot}")
+                for v in var_list
+            ]
+            for slot in self._slot_names()
+        }
+
+    def build(self, var_list: list) -> None:
+        if self.built:
+            return
+        super().build(var_list)
+        self._layouts = []
+        for attribute in self._factor_attributes.values():
+            setattr(self, attribute, [])
+        for variable in var_list:
+            layout = _Layout(tuple(variable.shape), self.block_size,
+                             self.max_preconditioner_dim, self.exponent_override)
+            dtype = self._state_dtype(variable)
+            base = variable.path.replace("/", "_")
+            factors: dict[str, list] = {name: [] for name in self._factor_attributes}
+            for j, shape in enumerate(layout.factor_shapes()):
+                for name in self._factor_attributes:
+                    factors[name].append(self.add_variable(shape, "zeros", dtype, name=f"{base}_{name}_{j}"))
+            self._layouts.append(layout)
+            for name, attribute in self._factor_attributes.items():
+                getattr(self, attribute).append(factors[name])
+
+    @staticmethod
+    def _state_dtype(variable: Any) -> str:
+        return "float64" if keras.backend.standardize_dtype(variable.dtype) == "float64" else "float32"
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        # Compute in float32 at least (a float16 variable's factors would
+        # overflow), then cast the step to the variable's dtype.
+        dtype = self._state_dtype(variable)
+        if keras.backend.standardize_dtype(variable.dtype) == dtype:
+            super().update_step(gradient, variable, learning_rate)
+            return
+        step = self._step(
+            ops.cast(dense_gradient(gradient), dtype), variable,
+            ops.cast(learning_rate, dtype), ops.cast(self.iterations + 1, dtype),
+        )
+        self.assign_sub(variable, ops.cast(step, variable.dtype))
+
+    def _update_variable(self, gradient, variable, learning_rate, t):
+        self.assign_sub(variable, self._step(gradient, variable, learning_rate, t))
+
+    def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
+        raise NotImplementedError
+
+    def _accumulate_statistics(self, blocks: list[Any], index: int, decay: float) -> None:
+        """``L = decay L + (1 - decay) G_(i) G_(i)^T`` per block and axis (``decay=1``: ``L += ...``)."""
+        statistics, j = self._statistics[index], 0
+        for block in blocks:
+            for axis in self._layouts[index].axes:
+                new = _factor_statistic(block, axis)
+                if decay == 1.0:
+                    self.assign_add(statistics[j], new)
+                else:
+                    self.assign(statistics[j], decay * statistics[j] + (1.0 - decay) * new)
+                j += 1
+
+
 @keras.saving.register_keras_serializable(package="keras_optsuite")
-class Shampoo(OptsuiteOptimizer):
+class Shampoo(KroneckerFactoredOptimizer):
     """Shampoo: preconditioned stochastic tensor optimization, with grafting.
 
     Gupta, Koren and Singer, 2018, "Shampoo: Preconditioned Stochastic
@@ -251,58 +341,10 @@ class Shampoo(OptsuiteOptimizer):
         self.grafting = grafting
 
     # -- state -------------------------------------------------------------
+    _factor_attributes = {"statistic": "_statistics", "root": "_roots"}
+
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "grafting_moment") if self.grafting in ("adam", "adagrad") else ("momentum",)
-
-    def _build_slots(self, var_list: list) -> None:
-        # In the state dtype (float32 for float16 variables: g^2 overflows float16).
-        self._slots = {
-            slot: [
-                self.add_variable(v.shape, "zeros", self._state_dtype(v),
-                                  name=f"{v.path.replace('/', '_')}_{slot}")
-                for v in var_list
-            ]
-            for slot in self._slot_names()
-        }
-
-    def build(self, var_list: list) -> None:
-        if self.built:
-            return
-        super().build(var_list)
-        self._layouts, self._statistics, self._roots = [], [], []
-        for variable in var_list:
-            layout = _Layout(tuple(variable.shape), self.block_size,
-                             self.max_preconditioner_dim, self.exponent_override)
-            dtype = self._state_dtype(variable)
-            base = variable.path.replace("/", "_")
-            statistics, roots = [], []
-            for j, shape in enumerate(layout.factor_shapes()):
-                statistics.append(self.add_variable(shape, "zeros", dtype, name=f"{base}_statistic_{j}"))
-                roots.append(self.add_variable(shape, "zeros", dtype, name=f"{base}_root_{j}"))
-            self._layouts.append(layout)
-            self._statistics.append(statistics)
-            self._roots.append(roots)
-
-    @staticmethod
-    def _state_dtype(variable: Any) -> str:
-        return "float64" if keras.backend.standardize_dtype(variable.dtype) == "float64" else "float32"
-
-    # -- update ------------------------------------------------------------
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        # Compute in float32 at least (a float16 variable's factors would
-        # overflow), then cast the step to the variable's dtype.
-        dtype = self._state_dtype(variable)
-        if keras.backend.standardize_dtype(variable.dtype) == dtype:
-            super().update_step(gradient, variable, learning_rate)
-            return
-        step = self._step(
-            ops.cast(dense_gradient(gradient), dtype), variable,
-            ops.cast(learning_rate, dtype), ops.cast(self.iterations + 1, dtype),
-        )
-        self.assign_sub(variable, ops.cast(step, variable.dtype))
-
-    def _update_variable(self, gradient, variable, learning_rate, t):
-        self.assign_sub(variable, self._step(gradient, variable, learning_rate, t))
 
     def _grafting_direction(self, gradient: Any, variable: Any, t: Any) -> Any:
         if self.grafting in (None, "sgd"):
@@ -320,16 +362,7 @@ class Shampoo(OptsuiteOptimizer):
         layout = self._layouts[index]
         statistics, roots = self._statistics[index], self._roots[index]
         blocks = _split(gradient, layout.chunks)
-        j = 0
-        for block in blocks:
-            for axis in layout.axes:
-                new = _factor_statistic(block, axis)
-                if self.statistics_decay == 1.0:
-                    self.assign_add(statistics[j], new)
-                else:
-                    decay = self.statistics_decay
-                    self.assign(statistics[j], decay * statistics[j] + (1.0 - decay) * new)
-                j += 1
+        self._accumulate_statistics(blocks, index, self.statistics_decay)
 
         start = float(self.start_preconditioning_step)
         since_start = t - start
