@@ -32,6 +32,16 @@ applied only when Keras is in :data:`KNOWN_KERAS` and a probe still finds the
 upstream ``train_step`` it was written against (see
 :func:`enable_closure_train_step`).
 
+Curvature: an optimizer that sets ``needs_hessian_vector_product = True``
+also gets ``pending.hessian_vector_product(vectors)``, returning
+``(gradients, H @ vectors, loss)`` on the same batch at the current weights
+(nested ``GradientTape``; :func:`hessian_vector_product`), and every closure
+optimizer gets ``pending.output_loss_gradients(loss_fn)``: the gradients of
+``loss_fn(y_pred, y, sample_weight)`` on a fresh forward pass (Sophia's
+Gauss-Newton-Bartlett estimator samples labels from ``y_pred``), with
+``pending.model_loss`` the model's compiled loss. Both are unscaled under
+``mixed_float16``; under ``tf.distribute`` each replica returns its own.
+
 Known limits: the closure's forward pass runs in training mode, so
 ``BatchNormalization`` moving statistics are updated a second time and
 dropout draws new masks (as in the reference PyTorch SAM); a user
@@ -74,6 +84,15 @@ _original_train_step: list[Callable] = []
 _status: dict[str, str] = {}
 
 Closure = Callable[[], tuple[list, Any]]
+#: ``hessian_vector_product(vectors) -> (gradients, hvps, loss)``.
+HessianVectorProduct = Callable[[Sequence[Any]], tuple[list, list, Any]]
+#: ``output_loss_gradients(loss_fn) -> gradients`` of ``loss_fn(y_pred, y, sample_weight)``.
+OutputLossGradients = Callable[[Callable[[Any, Any, Any], Any]], list]
+
+#: How :func:`hessian_vector_product` differentiates twice: reverse mode over
+#: reverse mode (``"back_over_back"``) or forward mode over reverse mode
+#: (``"forward_over_back"``). ``benchmarks/hvp_modes.py`` measures both.
+HVP_MODES = ("back_over_back", "forward_over_back")
 
 
 class ClosureRequiredError(RuntimeError):
@@ -126,6 +145,9 @@ def apply_with_closure(
     grads: Sequence[Any],
     variables: Sequence[Any],
     closure: Closure,
+    hessian_vector_product: HessianVectorProduct | None = None,
+    output_loss_gradients: OutputLossGradients | None = None,
+    model_loss: Any = None,
 ) -> None:
     """Step ``optimizer`` (possibly a ``LossScaleOptimizer`` or nested wrappers).
 
@@ -139,6 +161,12 @@ def apply_with_closure(
             weights on the same batch, unscaled. Under ``tf.distribute`` it runs
             on each replica and returns that replica's gradients (the
             optimizer sums them).
+        hessian_vector_product: ``hvp(vectors) -> (gradients, H @ vectors,
+            loss)`` at the current weights on the same batch, unscaled; needed
+            by optimizers with ``needs_hessian_vector_product``.
+        output_loss_gradients: ``f(loss_fn) -> gradients`` of
+            ``loss_fn(y_pred, y, sample_weight)`` on a fresh forward pass.
+        model_loss: the loss the model was compiled with (``model.loss``).
 
     Example:
 
@@ -159,7 +187,20 @@ def apply_with_closure(
     for target in targets:
         # The loss scale only checks the first gradient: a closure gradient
         # that overflows skips the step instead of writing inf into weights.
-        target._closures[replica] = PendingClosure(closure, skips_non_finite=scaling)
+        if getattr(target, "needs_hessian_vector_product", False) and hessian_vector_product is None:
+            raise ClosureRequiredError(
+                f"{type(target).__name__} needs Hessian-vector products: pass "
+                "hessian_vector_product= to apply_with_closure (see "
+                "keras_optsuite.optimizers.closure.hessian_vector_product), or train "
+                "with model.fit / closure_train_step, which provide it."
+            )
+        target._closures[replica] = PendingClosure(
+            closure,
+            skips_non_finite=scaling,
+            hessian_vector_product=hessian_vector_product,
+            output_loss_gradients=output_loss_gradients,
+            model_loss=model_loss,
+        )
     try:
         optimizer.apply(list(grads), list(variables))
     finally:
@@ -186,6 +227,64 @@ class PendingClosure(NamedTuple):
 
     closure: Closure
     skips_non_finite: bool
+    hessian_vector_product: HessianVectorProduct | None = None
+    output_loss_gradients: OutputLossGradients | None = None
+    model_loss: Any = None
+
+
+def hessian_vector_product(
+    loss_fn: Callable[[], Any],
+    variables: Sequence[Any],
+    vectors: Sequence[Any],
+    mode: str = "back_over_back",
+) -> tuple[list, list, Any]:
+    """Gradients, Hessian-vector products and the loss of ``loss_fn()``.
+
+    Args:
+        loss_fn: ``() -> scalar loss``, evaluated once (one forward pass).
+        variables: the variables to differentiate with respect to.
+        vectors: one tensor per variable, same shapes (``None`` for a
+            variable whose product is not wanted counts as zeros).
+        mode: ``"back_over_back"`` (the gradient of ``g . v``) or
+            ``"forward_over_back"`` (a ``ForwardAccumulator`` around the
+            gradient tape: the directional derivative of ``g`` along ``v``).
+
+    Returns:
+        ``(gradients, hvps, loss)``; a variable the loss does not depend on
+        gets ``None`` gradients and zero products.
+
+    Example:
+
+    >>> w = keras.Variable([1.0, 2.0])
+    >>> _, hv, _ = hessian_vector_product(lambda: keras.ops.sum(w**3), [w], [tf.ones(2)])
+    >>> hv[0].numpy()  # 6 w
+    array([ 6., 12.], dtype=float32)
+    """
+    if mode not in HVP_MODES:
+        raise ValueError(f"mode must be one of {HVP_MODES}, got mode={mode!r}")
+    variables = list(variables)
+    raw = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+    tangents = [
+        tf.zeros_like(r) if t is None else tf.cast(t, r.dtype) for r, t in zip(raw, vectors)
+    ]
+    if mode == "forward_over_back":
+        with tf.autodiff.ForwardAccumulator(primals=raw, tangents=tangents) as accumulator:
+            with tf.GradientTape() as tape:
+                loss = loss_fn()
+            grads = tape.gradient(loss, raw)
+        hvps = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        hvps = [tf.zeros_like(r) if h is None else h for r, h in zip(raw, hvps)]
+        return list(grads), list(hvps), loss
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            loss = loss_fn()
+        grads = inner.gradient(loss, raw)
+        dot = tf.add_n(
+            [tf.reduce_sum(tf.cast(g, t.dtype) * t) for g, t in zip(grads, tangents) if g is not None]
+            or [tf.zeros((), loss.dtype)]
+        )
+    hvps = outer.gradient(dot, raw, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return list(grads), list(hvps), loss
 
 
 def replica_id() -> int:
@@ -263,7 +362,57 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
             variable.assign(value)
         return closure_grads, closure_loss
 
-    apply_with_closure(optimizer, grads, variables, closure)
+    def scale_of(loss: Any) -> Any:
+        if loss_scaler is None:
+            return None
+        return tf.cast(snapshot(loss_scaler.dynamic_scale), loss.dtype)
+
+    def unscale(tensors: list, scale: Any) -> list:
+        if scale is None:
+            return list(tensors)
+        return [t if t is None else t / tf.cast(scale, t.dtype) for t in tensors]
+
+    def curvature(vectors: Sequence[Any]) -> tuple[list, list, Any]:
+        trackers = _compile_loss_variables(model)
+        saved = [snapshot(v) for v in trackers]
+        holder: dict[str, Any] = {}
+
+        def scaled_loss_fn() -> Any:
+            _, holder["loss"] = _forward(model, x, y, sample_weight)
+            holder["scale"] = scale_of(holder["loss"])
+            if holder["scale"] is None:
+                return holder["loss"]
+            return holder["loss"] * holder["scale"]
+
+        mode = next(
+            (o.hvp_mode for o in iter_optimizers(optimizer) if hasattr(o, "hvp_mode")),
+            "back_over_back",
+        )
+        g, hv, _ = hessian_vector_product(scaled_loss_fn, variables, vectors, mode=mode)
+        for variable, value in zip(trackers, saved):
+            variable.assign(value)
+        return unscale(g, holder["scale"]), unscale(hv, holder["scale"]), holder["loss"]
+
+    def output_loss_gradients(loss_fn: Callable[[Any, Any, Any], Any]) -> list:
+        with tf.GradientTape() as output_tape:
+            if model._call_has_training_arg:
+                predicted = model(x, training=True)
+            else:
+                predicted = model(x)
+            output_loss = loss_fn(predicted, y, sample_weight)
+            scale = scale_of(output_loss)
+            scaled = output_loss if scale is None else output_loss * scale
+        return unscale(output_tape.gradient(scaled, variables), scale)
+
+    apply_with_closure(
+        optimizer,
+        grads,
+        variables,
+        closure,
+        hessian_vector_product=curvature,
+        output_loss_gradients=output_loss_gradients,
+        model_loss=getattr(model, "loss", None),
+    )
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
