@@ -59,6 +59,7 @@ class Subject:
     seen_by_inner: Callable[[list, list], list] = lambda grads, params: grads
     # Contract checks that do not apply, with the reason (OptimizerSpec.exclusions).
     exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
+    inner: str | None = None  # a wrapper's inner optimizer (Inner.id)
 
     @property
     def decays_in_update(self) -> bool:
@@ -143,6 +144,7 @@ def _wrapped_subject(spec, inner: Inner) -> Subject:
         own_arguments=own,
         micro_steps=spec.example.get("steps", 1),
         exclusions=dict(spec.exclusions),
+        inner=inner.id,
         tuned={"learning_rate": inner.tuned_learning_rate},
         seen_by_inner=(
             _transform_reference(spec.example["transforms"])
@@ -166,3 +168,11 @@ def inners_for(spec) -> list[Inner]:
 
 WRAPPED = [_wrapped_subject(spec, inner) for spec in WRAPPERS.values() for inner in inners_for(spec)]
 SUBJECTS = OPTIMIZERS + WRAPPED
+
+#: The subjects of the checks that train whole models (digits fit, XLA,
+#: mixed precision, MirroredStrategy): every optimizer, and every wrapper
+#: around Keras's Adam. A wrapper around one of ours (RAdam) adds nothing a
+#: model fit can see that the float64 numerics, the save/load check and the
+#: two-worker equivalence (tests/test_multi_worker_equivalence.py, both
+#: inners) do not already check, and these checks are the suite's slowest.
+TRAINING_SUBJECTS = [s for s in SUBJECTS if s.inner in (None, INNERS[0].id)]

@@ -16,13 +16,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS, LOSS, assert_weights_close, dense_model
+from conftest import LOSS, assert_weights_close, dense_model, mirrored_strategy
 
-from subjects import SUBJECTS
+from subjects import SUBJECTS, TRAINING_SUBJECTS
 
 from keras_optsuite.optimizers import LearningRateFree, iter_optimizers
 
 by_name = pytest.mark.parametrize("subject", SUBJECTS, ids=[s.id for s in SUBJECTS])
+# Whole-model training checks: every optimizer, wrappers around Keras's Adam (see subjects.py).
+by_training_name = pytest.mark.parametrize(
+    "subject", TRAINING_SUBJECTS, ids=[s.id for s in TRAINING_SUBJECTS]
+)
 
 # Checks a method may be excluded from (OptimizerSpec.exclusions), because
 # its defined behaviour differs on purpose; its own test module covers it.
@@ -162,7 +166,7 @@ def test_reduces_a_convex_quadratic(subject):
     assert float(loss()) < 0.25 * initial
 
 
-@by_name
+@by_training_name
 @pytest.mark.slow
 def test_fits_digits_logistic_regression_to_90_percent(subject, digits):
     x, y = digits
@@ -322,7 +326,7 @@ def test_clipvalue_is_accepted(subject):
 # ---------------------------------------------------------------------------
 # Precision, compilation, sparse gradients, distribution.
 # ---------------------------------------------------------------------------
-@by_name
+@by_training_name
 @pytest.mark.slow
 def test_mixed_float16_trains_without_nan(subject, digits):
     x, y = digits
@@ -338,7 +342,7 @@ def test_mixed_float16_trains_without_nan(subject, digits):
         assert np.all(np.isfinite(weight))
 
 
-@by_name
+@by_training_name
 @pytest.mark.slow
 def test_jit_compile_matches_eager_graph_training(subject, digits):
     x, y = digits
@@ -388,7 +392,7 @@ def test_sparse_embedding_gradients_match_their_dense_equivalent(subject):
     assert_weights_close(sparse_model, dense_model, rtol=1e-6, atol=1e-7)
 
 
-@by_name
+@by_training_name
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_devices_matches_one_device(subject, digits):
     """Tolerance: rtol 1e-4, atol 1e-5 after 16 steps (summation order differs)."""
@@ -398,7 +402,7 @@ def test_mirrored_strategy_on_two_devices_matches_one_device(subject, digits):
     single.compile(optimizer=subject.create(), loss=LOSS)
     single.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
 
-    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    strategy = mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mirrored = dense_model()
@@ -458,6 +462,15 @@ INVALID_VALUES = {
     "transforms": [["GradientCentralization"]],
     "rho": [0.0, -0.05, "0.05"],
     "eta": [-0.01],
+    # LBFGS
+    "history_size": [0, 2.5],
+    "max_iterations": [0],
+    "max_evaluations": [0],
+    "tolerance_grad": [-1.0],
+    "tolerance_change": [-1.0],
+    "line_search": ["backtracking"],
+    "c1": [0.0, 1.0],
+    "c2": [1.0],
 }
 
 
