@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS, LOSS, assert_weights_close, dense_model
+from conftest import LOSS, assert_weights_close, dense_model, mirrored_strategy
 from references import sam as sam_reference
 
 from keras_optsuite.optimizers import ASAM, GSAM, SAM, GradientAccumulation
@@ -244,9 +244,7 @@ def test_mirrored_strategy_on_two_devices_matches_one_device(digits):
     single.compile(optimizer=optimizer(), loss=LOSS)
     single_loss = single.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history["loss"]
 
-    strategy = tf.distribute.MirroredStrategy(
-        LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = mirrored_strategy()
     with strategy.scope():
         mirrored = dense_model()
         mirrored.set_weights(initial)

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS
+from conftest import mirrored_strategy
 
 from keras_optsuite.layers.drop_connect import DropConnect
 from keras_optsuite.layers.weight_normalization import DATA_INIT_EPSILON, WeightNormalization
@@ -172,7 +172,7 @@ def test_data_init_runs_once_and_the_flag_is_saved(digits, tmp_path):
 @pytest.mark.slow
 def test_data_init_under_mirrored_strategy_uses_the_global_batch(digits):
     x, y = digits[0][:128], digits[1][:128]
-    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = mirrored_strategy()
     with strategy.scope():
         model, wrapper = _data_init_model("dense")
     t = _normalized_pre_activations(wrapper, x)

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LOGICAL_CPUS
+from conftest import mirrored_strategy
 from keras_optsuite import layers as optsuite_layers
 from keras_optsuite.layers import LAYERS
 from keras_optsuite.schedules import Ramp
@@ -276,9 +276,7 @@ def test_mirrored_strategy_keeps_replicas_identical(name):
     subject = SUBJECTS[name]
     # ReductionToOneDevice: a second default MirroredStrategy in one process
     # reuses collective keys and fails on other shapes (a TensorFlow bug).
-    strategy = tf.distribute.MirroredStrategy(
-        LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = mirrored_strategy()
     with strategy.scope():
         model = _model(subject)
         model.compile(optimizer="adam", loss="mse")

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS, LOSS, dense_model
+from conftest import LOSS, dense_model, mirrored_strategy
 
 from keras_optsuite.optimizers import LazyAdam
 from references import lazy_adam as reference
@@ -147,9 +147,7 @@ def test_mirrored_strategy_and_xla_match_one_device_on_every_copy():
     # gradients) abort later strategies' collectives with "Shape mismatch in
     # the collective instance 100". The optimizer sees the same summed
     # IndexedSlices either way and updates each device's copy alike.
-    strategy = tf.distribute.MirroredStrategy(
-        LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     mirrored_weights, mirrored_copies = _fit(strategy)
     jit_weights, jit_copies = _fit(jit_compile=True)

@@ -431,14 +431,14 @@ def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch,
     """Closed form: MSE of a linear model; SGD(0) keeps the weights, so every step's gradient is known."""
     import tensorflow as tf
 
-    from conftest import LOGICAL_CPUS
+    from conftest import mirrored_strategy
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(64, 5)).astype("float32")
     y = rng.normal(size=(64, 3)).astype("float32")
-    strategy = (tf.distribute.MirroredStrategy(LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = (mirrored_strategy()
                 if replicas == 2 else tf.distribute.get_strategy())
     with strategy.scope():
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LOGICAL_CPUS
+from conftest import mirrored_strategy
 from keras_optsuite.layers.batch_renormalization import BatchRenormalization
 from keras_optsuite.layers.ghost_batch_normalization import GhostBatchNormalization
 from keras_optsuite.schedules.ramp import Ramp
@@ -298,9 +298,7 @@ def test_jit_compiled_training_matches_eager(name):
 # -- MirroredStrategy ---------------------------------------------------------------
 def _fit_on_two_replicas(layer_factory, x):
     """One fit step on 2 replicas (each gets half of ``x``); the layer's per-replica values."""
-    strategy = tf.distribute.MirroredStrategy(
-        LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = mirrored_strategy()
     with strategy.scope():
         layer = layer_factory()
         model = keras.Sequential([keras.Input(x.shape[1:]), layer])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LOGICAL_CPUS
+from conftest import mirrored_strategy
 from keras_optsuite.layers import DropPath, StochasticDepth
 
 
@@ -70,9 +70,7 @@ def test_a_new_rate_takes_effect_without_retracing():
 @pytest.mark.slow
 def test_replicas_draw_different_masks():
     """The same inputs on both replicas: a per-replica seed gives different masks."""
-    strategy = tf.distribute.MirroredStrategy(
-        LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = mirrored_strategy()
     with strategy.scope():
         layer = DropPath(rate=0.5, seed=9)
     x = tf.ones((256, 1))

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGICAL_CPUS, LOSS, assert_weights_close, dense_model
+from conftest import LOSS, assert_weights_close, dense_model, mirrored_strategy
 
 from keras_optsuite.callbacks import SwapEvaluationWeights
 from keras_optsuite.optimizers import (
@@ -109,7 +109,7 @@ def test_accumulation_under_mirrored_strategy_equals_one_large_batch_on_one_devi
     large.set_weights(initial)
     _fit(large, keras.optimizers.Adam(0.01), x, y, batch_size=128)
 
-    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    strategy = mirrored_strategy()
     with strategy.scope():
         mirrored = dense_model()
         mirrored.set_weights(initial)
@@ -142,7 +142,7 @@ def test_clipping_under_two_replicas_equals_clipping_on_one_device(make, digits)
     single.set_weights(initial)
     _fit(single, make(), x, y, batch_size=128)
 
-    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    strategy = mirrored_strategy()
     with strategy.scope():
         mirrored = dense_model()
         mirrored.set_weights(initial)
@@ -203,7 +203,7 @@ def test_a_nan_on_one_replica_skips_the_step_on_every_replica(digits):
     """The finiteness test runs on the summed gradient, so replicas cannot diverge."""
     x, y = digits[0][:256].copy(), digits[1][:256]
     x[64 + 40, 3] = np.nan  # second batch of 64, in the second replica's half
-    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    strategy = mirrored_strategy()
     with strategy.scope():
         model = dense_model()
         optimizer = SkipNonFinite(keras.optimizers.Adam(0.01))
@@ -326,7 +326,7 @@ def test_swap_callback_without_averaging_optimizer_names_the_problem(digits):
 @pytest.mark.slow
 def test_averaged_weights_swap_under_mirrored_strategy(digits):
     x, y = digits
-    strategy = tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    strategy = mirrored_strategy()
     with strategy.scope():
         model = dense_model()
         optimizer = ExponentialMovingAverage(keras.optimizers.Adam(0.01), decay=0.9, final_weights="last")
