@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import conditioned_quadratic
 from references import soap as soap_reference
 from references._harness import reference_for
 
@@ -44,7 +45,7 @@ def test_bases_converge_to_the_eigenvectors_of_the_factors():
     after 40 power iterations Q^T L Q is diagonal (L: 5 x 5 of rank 4, R: 4 x 4)."""
     rng = np.random.default_rng(1)
     u, _ = np.linalg.qr(rng.normal(size=(5, 4)))
-    gradient = u @ np.diag([8.0, 4.0, 2.0, 1.0]) @ _rotation(rng, 4).T
+    gradient = u @ np.diag([8.0, 4.0, 2.0, 1.0]) @ conditioned_quadratic.rotation(rng, 4).T
     variable = keras.Variable(np.zeros((5, 4)), dtype="float64")
     optimizer = SOAP(learning_rate=1e-3, shampoo_beta=1.0, precondition_frequency=1)
     for _ in range(40):
@@ -97,14 +98,8 @@ def test_invalid_arguments_name_the_argument(arguments, name):
         SOAP(**arguments)
 
 
-def _rotation(rng, n):
-    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    return q
-
-
 def test_beats_adam_by_100x_on_a_quadratic_with_condition_number_1e4():
-    """The problem of test_shampoo.py: f(W) = 1/2 <W - W*, A (W - W*) B>, Hessian A kron B,
-    cond = 100 * 100, randomly rotated; 200 full-batch float32 steps from W = 0 (loss 4.2e4).
+    """The problem of ``references/conditioned_quadratic.py`` (cond 1e4, rotated).
 
     Adam: best of its learning-rate grid (measured: 0.3 -> 2.41, 1.0 -> 0.93,
     3.0 -> 3.62). SOAP, set up for a small deterministic problem (bases
@@ -112,34 +107,8 @@ def test_beats_adam_by_100x_on_a_quadratic_with_condition_number_1e4():
     every learning rate of its grid (measured: 1.5 -> 5.6e-3, 1.75 -> 2.6e-3,
     2.0 -> 1.4e-3, 2.25 -> 2.1e-3; 2.5 diverges).
     """
-    rng = np.random.default_rng(0)
-    d1, d2 = 12, 8
-    qa, qb = _rotation(rng, d1), _rotation(rng, d2)
-    a = qa @ np.diag(np.logspace(0, 2, d1)) @ qa.T
-    b = qb @ np.diag(np.logspace(0, 2, d2)) @ qb.T
-    np.testing.assert_allclose(np.linalg.cond(np.kron(a, b)), 1e4, rtol=1e-6)
-    target = rng.normal(size=(d1, d2))
-    a_t, b_t, target_t = (tf.constant(x, tf.float32) for x in (a, b, target))
-
-    def loss(w):
-        error = w - target_t
-        return 0.5 * tf.reduce_sum(error * (a_t @ error @ b_t))
-
-    def final_loss(optimizer, steps=200):
-        w = keras.Variable(np.zeros((d1, d2), "float32"))
-
-        @tf.function
-        def step():
-            with tf.GradientTape() as tape:
-                value = loss(w)
-            optimizer.apply(tape.gradient(value, [w]), [w])
-
-        for _ in range(steps):
-            step()
-        return float(loss(w))
-
-    adam = min(final_loss(keras.optimizers.Adam(lr)) for lr in (0.3, 1.0, 3.0))
+    adam = conditioned_quadratic.tuned_adam_final_loss()
     settings = dict(precondition_frequency=1, beta_1=0.9, beta_2=0.999, shampoo_beta=1.0)
-    soap = [final_loss(SOAP(lr, **settings)) for lr in (1.5, 2.0)]
+    soap = [conditioned_quadratic.final_loss(SOAP(lr, **settings)) for lr in (1.5, 2.0)]
     assert all(np.isfinite(soap))
     assert max(soap) < adam / 100, f"SOAP {soap} vs Adam {adam:.3g}"

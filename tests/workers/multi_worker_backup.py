@@ -29,8 +29,14 @@ import signal
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+# Run as a script by ``launch`` and imported by the test as ``workers.multi_worker_backup``.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import multi_worker_fit  # noqa: E402
 
 EPOCHS = 4
 GLOBAL_BATCH = 32  # 256 examples: 8 steps per epoch
@@ -41,19 +47,8 @@ def _say(message: str) -> None:
 
 
 def build(strategy):
-    """The job's model (weights fixed by the seed), compiled with Adam."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = keras.Sequential(
-            [keras.Input((64,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(10)]
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(0.01),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-    return model
+    """The job's model: the digits MLP of ``multi_worker_fit.py`` (seeded, Adam)."""
+    return multi_worker_fit.model(strategy)
 
 
 def fit(strategy, x, y, backup_dir: str | None = None, kill_at: tuple[int, int] | None = None,
