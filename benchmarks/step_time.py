@@ -66,7 +66,11 @@ def main() -> None:
     if args.only in ("all", "optimizers"):
         candidates["keras.SGD(momentum)"] = lambda: keras.optimizers.SGD(momentum=0.9)
         candidates["keras.Lion"] = keras.optimizers.Lion
-        candidates.update({spec.name: spec.cls for spec in REGISTRY.values()})
+        candidates.update({
+            spec.name: spec.cls for spec in REGISTRY.values()
+            # Closure methods cannot step on fixed gradients: benchmarks/step_cost.py times them.
+            if not getattr(spec.cls, "needs_closure", False)
+        })
     if args.only in ("all", "wrappers"):
         # The Keras built-in options closest to our wrappers (none is correct
         # under MirroredStrategy: see the README).

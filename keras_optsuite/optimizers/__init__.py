@@ -33,6 +33,9 @@ from keras_optsuite.optimizers.radam import RAdam
 from keras_optsuite.optimizers.ranger import Ranger
 from keras_optsuite.optimizers.shampoo import Shampoo
 from keras_optsuite.optimizers.soap import SOAP
+from keras_optsuite.optimizers.adahessian import AdaHessian
+from keras_optsuite.optimizers.sophia import Sophia
+from keras_optsuite.optimizers.lbfgs import LBFGS
 from keras_optsuite.optimizers.registry import (
     REGISTRY,
     WRAPPERS,
@@ -57,7 +60,7 @@ from keras_optsuite.optimizers.schedule_free import (
 
 __all__ = [
     "ASAM", "GSAM", "SAM", "apply_with_closure", "closure", "closure_train_step",
-    "COCOB", "LARS", "NovoGrad", "Shampoo", "SOAP",
+    "COCOB", "LARS", "NovoGrad", "Shampoo", "SOAP", "AdaHessian", "Sophia", "LBFGS",
     "ADOPT", "AGC", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "Chain", "ClipByGlobalNorm",
     "EvaluationWeights", "ExponentialMovingAverage", "GradientAccumulation",
     "GradientCentralization", "GradientTransformation", "LaProp", "LazyAdam", "Lookahead",

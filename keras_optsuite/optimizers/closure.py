@@ -115,6 +115,27 @@ def needs_closure(optimizer: Any) -> bool:
     )
 
 
+def pending_closure(optimizer: Any) -> "PendingClosure":
+    """This replica's closure for ``optimizer``'s current ``apply``.
+
+    Raises:
+        ClosureRequiredError: ``apply`` was called with gradients only, or
+            the optimizer needs Hessian-vector products
+            (``needs_hessian_vector_product``) and the caller gave none.
+    """
+    pending = optimizer._closures.get(replica_id())
+    if pending is None:
+        raise ClosureRequiredError(missing_closure_message(optimizer))
+    if getattr(optimizer, "needs_hessian_vector_product", False) and pending.hessian_vector_product is None:
+        raise ClosureRequiredError(
+            f"{type(optimizer).__name__} needs Hessian-vector products: pass "
+            "hessian_vector_product= to apply_with_closure (see "
+            "keras_optsuite.optimizers.closure.hessian_vector_product), or train with "
+            "model.fit / closure_train_step, which provide it."
+        )
+    return pending
+
+
 def missing_closure_message(optimizer: Any) -> str:
     """The error text for ``optimizer.apply`` called without a closure."""
     name = type(optimizer).__name__
@@ -187,13 +208,6 @@ def apply_with_closure(
     for target in targets:
         # The loss scale only checks the first gradient: a closure gradient
         # that overflows skips the step instead of writing inf into weights.
-        if getattr(target, "needs_hessian_vector_product", False) and hessian_vector_product is None:
-            raise ClosureRequiredError(
-                f"{type(target).__name__} needs Hessian-vector products: pass "
-                "hessian_vector_product= to apply_with_closure (see "
-                "keras_optsuite.optimizers.closure.hessian_vector_product), or train "
-                "with model.fit / closure_train_step, which provide it."
-            )
         target._closures[replica] = PendingClosure(
             closure,
             skips_non_finite=scaling,
@@ -272,6 +286,11 @@ def hessian_vector_product(
             with tf.GradientTape() as tape:
                 loss = loss_fn()
             grads = tape.gradient(loss, raw)
+            # ForwardAccumulator cannot track IndexedSlices (Embedding
+            # gradients): densify inside its context so the product is traced.
+            grads = [
+                tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
+            ]
         hvps = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         hvps = [tf.zeros_like(r) if h is None else h for r, h in zip(raw, hvps)]
         return list(grads), list(hvps), loss

@@ -19,10 +19,9 @@ from keras_optsuite._validation import check_non_negative, check_positive
 from keras_optsuite.optimizers._base import dense_gradient, snapshot
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, deduplicate
 from keras_optsuite.optimizers.closure import (
-    ClosureRequiredError,
     PendingClosure,
     apply_with_closure,
-    missing_closure_message,
+    pending_closure,
     replica_id,
 )
 
@@ -74,8 +73,7 @@ class SharpnessAware(OptimizerWrapper):
         apply_with_closure(self, grads, trainable_variables, closure)
 
     def apply(self, grads: list, trainable_variables: list | None = None) -> None:
-        if replica_id() not in self._closures:
-            raise ClosureRequiredError(missing_closure_message(self))
+        pending_closure(self)
         super().apply(grads, trainable_variables)
 
     # -- the step --------------------------------------------------------------
