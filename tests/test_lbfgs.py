@@ -39,8 +39,12 @@ def _quadratic(n=9, seed=0):
     return a, b, rng.normal(size=n), loss_and_gradient
 
 
-def _stepper(optimizer, x0, a, b):
-    """Two float64 variables (a 2x3 matrix and a 3-vector) holding x, and one traced step."""
+def _stepper(optimizer, x0, a, b, pass_loss=False):
+    """Two float64 variables (a 2x3 matrix and a 3-vector) holding x, and one step.
+
+    With ``pass_loss`` the step hands the optimizer the first pass's loss, as
+    the ``model.fit`` closure step does, so it need not evaluate it again.
+    """
     variables = [keras.Variable(x0[:6].reshape(2, 3), dtype="float64"),
                  keras.Variable(x0[6:], dtype="float64")]
     a, b = tf.constant(a), tf.constant(b)
@@ -53,8 +57,15 @@ def _stepper(optimizer, x0, a, b):
 
     optimizer.build(variables)
 
+    def counted():
+        step.evaluations += 1
+        return closure()
+
     def step():  # eager: cheaper than tracing for a few steps
-        apply_with_closure(optimizer, closure()[0], variables, closure)
+        grads, loss = closure()
+        apply_with_closure(optimizer, grads, variables, counted, loss=loss if pass_loss else None)
+
+    step.evaluations = 0  # closure calls made by the optimizer
 
     def weights():
         return np.concatenate([variables[0].numpy().ravel(), variables[1].numpy()])
@@ -109,6 +120,19 @@ def test_steps_match_the_numpy_transcription_and_satisfy_strong_wolfe():
         np.testing.assert_allclose(reference.two_loop_direction(g, expected.pairs), -h @ g,
                                    rtol=1e-9, atol=1e-12)
     assert zoomed and extrapolated, "both phases of the line search ran"
+
+
+def test_the_first_pass_loss_saves_one_evaluation_per_step_and_changes_nothing_else():
+    """model.fit's closure step passes the loss of the gradients it computed."""
+    a, b, x0, _ = _quadratic()
+    runs = {}
+    for pass_loss in (False, True):
+        step, weights = _stepper(LBFGS(history_size=3), x0, a, b, pass_loss=pass_loss)
+        for _ in range(4):
+            step()
+        runs[pass_loss] = (weights(), step.evaluations)
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-12, atol=1e-14)
+    assert runs[False][1] - runs[True][1] == 4, runs
 
 
 def test_learning_rate_schedule_sets_each_steps_initial_step_length():

@@ -169,6 +169,7 @@ def apply_with_closure(
     hessian_vector_product: HessianVectorProduct | None = None,
     output_loss_gradients: OutputLossGradients | None = None,
     model_loss: Any = None,
+    loss: Any = None,
 ) -> None:
     """Step ``optimizer`` (possibly a ``LossScaleOptimizer`` or nested wrappers).
 
@@ -188,6 +189,9 @@ def apply_with_closure(
         output_loss_gradients: ``f(loss_fn) -> gradients`` of
             ``loss_fn(y_pred, y, sample_weight)`` on a fresh forward pass.
         model_loss: the loss the model was compiled with (``model.loss``).
+        loss: the unscaled loss whose gradients ``grads`` are (this replica's
+            share), so an optimizer that needs the loss at the current
+            weights (LBFGS) need not evaluate it again.
 
     Example:
 
@@ -214,6 +218,7 @@ def apply_with_closure(
             hessian_vector_product=hessian_vector_product,
             output_loss_gradients=output_loss_gradients,
             model_loss=model_loss,
+            loss=loss,
         )
     try:
         optimizer.apply(list(grads), list(variables))
@@ -244,6 +249,7 @@ class PendingClosure(NamedTuple):
     hessian_vector_product: HessianVectorProduct | None = None
     output_loss_gradients: OutputLossGradients | None = None
     model_loss: Any = None
+    loss: Any = None  # the first pass's loss (unscaled), whose gradients apply() received
 
 
 def hessian_vector_product(
@@ -431,6 +437,7 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
         hessian_vector_product=curvature,
         output_loss_gradients=output_loss_gradients,
         model_loss=getattr(model, "loss", None),
+        loss=loss,
     )
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

@@ -112,7 +112,10 @@ class LBFGS(OptsuiteOptimizer):
        ``max|s| <= tolerance_change`` or ``|f_new - f| < tolerance_change``.
 
     An iteration costs its line-search evaluations (usually 1 near the
-    solution), a step one more forward/backward pass, plus ``O(history_size * n)`` arithmetic.
+    solution) plus ``O(history_size * n)`` arithmetic; a step starts from
+    the train step's own loss and gradients (one more forward/backward pass
+    only with ``weight_decay``, which moves the weights first, or when
+    ``apply_with_closure`` is called without ``loss=``).
     State: ``s_history`` and ``y_history`` (``history_size x n`` each, newest
     last), ``rho_history`` and ``history_count``, so ``.keras`` files resume
     the same trajectory; memory is ``2 * history_size`` numbers per parameter
@@ -268,8 +271,8 @@ class LBFGS(OptsuiteOptimizer):
             values = [tf.reshape(p, v.shape) for p, v in zip(pieces, variables)]
             self._update_each(_assign, variables, per_variable=(values,))
 
-        def evaluate() -> tuple[Any, Any]:
-            gradients, loss = pending.closure()
+        def evaluate(given: tuple[list, Any] | None = None) -> tuple[Any, Any]:
+            gradients, loss = pending.closure() if given is None else given
             for gradient, variable in zip(gradients, variables):
                 if isinstance(gradient, tf.IndexedSlices):
                     raise ValueError(
@@ -289,7 +292,15 @@ class LBFGS(OptsuiteOptimizer):
             return loss, flat, finite
 
         x = flatten([snapshot(v) for v in variables])
-        f, g, finite = evaluate()
+        # The train step's own pass gave the gradients at these weights and
+        # its loss: reuse them, unless weight decay moved the weights since.
+        reusable = pending.loss is not None and not self.weight_decay
+        given = None
+        if reusable:
+            # Keras drops variables without gradients from apply's lists.
+            by_variable = {id(v): gradient for gradient, v in zip(grads, trainable_variables)}
+            given = ([by_variable.get(id(v)) for v in variables], pending.loss)
+        f, g, finite = evaluate(given)
         history = _History(
             snapshot(self._s_history),
             snapshot(self._y_history),
