@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import LOSS, assert_weights_close, dense_model, mirrored_strategy
 from references import sam as sam_reference
 
-from keras_optsuite.optimizers import ASAM, GSAM, SAM, GradientAccumulation
+from keras_optsuite.optimizers import ASAM, GSAM, LBFGS, SAM, AdaHessian, GradientAccumulation, Sophia
 from keras_optsuite.optimizers.closure import (
     APPLIED,
     ClosureRequiredError,
@@ -293,3 +293,49 @@ def test_sparse_embedding_gradients_match_their_dense_equivalent():
 def test_invalid_arguments_raise_value_error_naming_the_argument(cls, name, value):
     with pytest.raises(ValueError, match=name):
         cls(keras.optimizers.SGD(), **{name: value})
+
+
+def _bn_first_model():
+    keras.utils.set_random_seed(5)
+    return keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.BatchNormalization(momentum=0.5),
+        keras.layers.Dense(8, activation="tanh"),
+        keras.layers.Dropout(0.25),
+        keras.layers.Dense(3),
+    ])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SAM(keras.optimizers.Adam(0.01), rho=0.05),
+        lambda: AdaHessian(0.01),
+        lambda: Sophia(0.01, estimator="hutchinson", hessian_update_interval=1),
+        lambda: LBFGS(max_evaluations=6),
+    ],
+    ids=["SAM", "AdaHessian", "Sophia", "LBFGS"],
+)
+def test_extra_passes_leave_batch_normalization_statistics_as_one_pass_leaves_them(make):
+    """BatchNormalization first: its moving statistics depend on the data only.
+
+    Keras's update per step is ``moving = momentum * moving + (1 - momentum) *
+    batch_statistic`` (variance: the batch's biased variance); SAM's second
+    pass, a Hessian-vector product or line-search trials must not apply it
+    again.
+    """
+    rng = np.random.default_rng(4)
+    x = rng.normal(loc=2.0, scale=3.0, size=(48, 4)).astype("float32")
+    y = rng.integers(0, 3, size=48)
+    model = _bn_first_model()
+    model.compile(optimizer=make(), loss=LOSS)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+
+    mean, variance = np.zeros(4), np.ones(4)
+    for batch in np.split(x.astype(np.float64), 3):
+        mean = 0.5 * mean + 0.5 * batch.mean(axis=0)
+        variance = 0.5 * variance + 0.5 * batch.var(axis=0)
+    bn = model.layers[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), variance, rtol=1e-5)
+    assert int(model.optimizer.iterations) == 3

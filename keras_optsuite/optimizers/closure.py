@@ -42,10 +42,13 @@ Gauss-Newton-Bartlett estimator samples labels from ``y_pred``), with
 ``pending.model_loss`` the model's compiled loss. Both are unscaled under
 ``mixed_float16``; under ``tf.distribute`` each replica returns its own.
 
-Known limits: the closure's forward pass runs in training mode, so
-``BatchNormalization`` moving statistics are updated a second time and
-dropout draws new masks (as in the reference PyTorch SAM); a user
-``compute_loss`` that updates its own trackers counts the closure's pass too.
+The extra passes run in training mode (dropout draws new masks, batch
+statistics normalize), but leave the model's state as the first pass left
+it: non-trainable variables (``BatchNormalization``'s moving statistics,
+seed states) and the compiled loss's trackers are restored after each, so
+a line search's trials or SAM's second pass do not move the moving
+averages. Known limit: a user ``compute_loss`` that updates trackers
+stored outside the model's variables counts the extra passes too.
 """
 
 from __future__ import annotations
@@ -367,26 +370,6 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
     grads = tape.gradient(scaled_loss, variables)
     loss_scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
-    def closure() -> tuple[list, Any]:
-        # Per-output loss trackers of the compiled loss count the first pass only.
-        trackers = _compile_loss_variables(model)
-        saved = [snapshot(v) for v in trackers]
-        with tf.GradientTape() as inner_tape:
-            _, closure_loss = _forward(model, x, y, sample_weight)
-            if loss_scaler is not None:
-                scale = tf.cast(snapshot(loss_scaler.dynamic_scale), closure_loss.dtype)
-                scaled = closure_loss * scale
-            else:
-                scaled = closure_loss
-        closure_grads = inner_tape.gradient(scaled, variables)
-        if loss_scaler is not None:
-            closure_grads = [
-                g if g is None else g / tf.cast(scale, g.dtype) for g in closure_grads
-            ]
-        for variable, value in zip(trackers, saved):
-            variable.assign(value)
-        return closure_grads, closure_loss
-
     def scale_of(loss: Any) -> Any:
         if loss_scaler is None:
             return None
@@ -397,9 +380,36 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
             return list(tensors)
         return [t if t is None else t / tf.cast(scale, t.dtype) for t in tensors]
 
+    def keeping_state(evaluate: Callable) -> Callable:
+        """``evaluate`` leaving the model's state as the first pass left it.
+
+        Only the first pass counts, as in Keras's own step: the compiled
+        loss's per-output trackers and every non-trainable variable
+        (BatchNormalization's moving statistics, random layers' seed states)
+        are put back after each extra pass (SAM's, a Hessian-vector product,
+        every line-search trial).
+        """
+
+        def run(*args: Any) -> Any:
+            state = _compile_loss_variables(model) + list(model.non_trainable_variables)
+            saved = [snapshot(v) for v in state]
+            result = evaluate(*args)
+            for variable, value in zip(state, saved):
+                variable.assign(value)
+            return result
+
+        return run
+
+    @keeping_state
+    def closure() -> tuple[list, Any]:
+        with tf.GradientTape() as inner_tape:
+            _, closure_loss = _forward(model, x, y, sample_weight)
+            scale = scale_of(closure_loss)
+            scaled = closure_loss if scale is None else closure_loss * scale
+        return unscale(inner_tape.gradient(scaled, variables), scale), closure_loss
+
+    @keeping_state
     def curvature(vectors: Sequence[Any]) -> tuple[list, list, Any]:
-        trackers = _compile_loss_variables(model)
-        saved = [snapshot(v) for v in trackers]
         holder: dict[str, Any] = {}
 
         def scaled_loss_fn() -> Any:
@@ -414,10 +424,9 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
             "back_over_back",
         )
         g, hv, _ = hessian_vector_product(scaled_loss_fn, variables, vectors, mode=mode)
-        for variable, value in zip(trackers, saved):
-            variable.assign(value)
         return unscale(g, holder["scale"]), unscale(hv, holder["scale"]), holder["loss"]
 
+    @keeping_state
     def output_loss_gradients(loss_fn: Callable[[Any, Any, Any], Any]) -> list:
         with tf.GradientTape() as output_tape:
             if model._call_has_training_arg:

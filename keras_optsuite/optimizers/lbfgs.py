@@ -129,8 +129,9 @@ class LBFGS(OptsuiteOptimizer):
     after ``import keras_optsuite``. Sparse (``IndexedSlices``) gradients
     raise ``ValueError``; gradient clipping options are rejected (the line
     search sets the step length), as is ``gradient_accumulation_steps``.
-    Layers that update state in training mode (``BatchNormalization``'s
-    moving statistics) update it at every closure evaluation. ``weight_decay`` is Keras's decoupled
+    Line-search trials leave non-trainable state (``BatchNormalization``'s
+    moving statistics) as the train step's pass left it (the closure step
+    restores it). ``weight_decay`` is Keras's decoupled
     decay, applied before the step and outside the objective the line search
     sees: prefer an L2 term in the loss.
 
