@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import mirrored_strategy
+from conftest import LOSS, dense_model, mirrored_strategy
 from references import sophia as reference
 
 from keras_optsuite.optimizers.closure import ClosureRequiredError
@@ -267,3 +267,42 @@ def test_default_draws_are_the_same_with_and_without_xla():
     np.testing.assert_array_equal(graph[1], xla[1])
     np.testing.assert_allclose(graph[2], xla[2], rtol=1e-5, atol=1e-5)
     assert set(np.unique(graph[0][0])) == {-1.0, 1.0}
+
+
+@pytest.mark.slow
+def test_default_estimator_trains_under_xla_and_mixed_float16_like_graph_mode(digits):
+    """The contract suite runs Sophia with its tuned Hutchinson estimator; this
+    runs the default, Gauss-Newton-Bartlett (labels sampled from the model's
+    softmax in the train step), through the same two whole-model checks:
+    ``jit_compile=True`` follows graph mode's trajectory, and under
+    ``mixed_float16`` (float16 logits, loss scaling) training stays finite and
+    lowers the loss.
+    """
+    x, y = digits[0][:512], digits[1][:512]
+    hyper = dict(learning_rate=0.01, hessian_update_interval=2, seed=7)
+    assert Sophia(**hyper).estimator == "gauss_newton_bartlett"
+    reference = dense_model()
+    trained = {}
+    for jit in (False, True):
+        model = dense_model()
+        model.set_weights(reference.get_weights())
+        model.compile(optimizer=Sophia(**hyper), loss=LOSS, jit_compile=jit)
+        model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+        trained[jit] = model
+    for a, b in zip(trained[True].get_weights(), trained[False].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    moved = max(np.abs(a - b).max() for a, b in zip(trained[True].get_weights(), reference.get_weights()))
+    assert moved > 1e-3
+    h = [v.numpy() for v in trained[True].optimizer._slots["hessian"]]
+    assert all(np.all(v >= 0) for v in h) and max(v.max() for v in h) > 0, "h was estimated"
+
+    keras.config.set_dtype_policy("mixed_float16")
+    model = dense_model()
+    model.compile(optimizer=Sophia(**hyper), loss=LOSS)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(x, y, batch_size=64, epochs=3, verbose=0).history["loss"]
+    assert all(np.isfinite(history)) and history[-1] < history[0]
+    for weight in model.get_weights():
+        assert np.all(np.isfinite(weight))
+    h = [v.numpy() for v in model.optimizer.inner_optimizer._slots["hessian"]]
+    assert all(np.all(np.isfinite(v)) for v in h) and max(v.max() for v in h) > 0

@@ -336,10 +336,18 @@ class Sophia(OptsuiteOptimizer):
                 while len(weight.shape) > len(losses.shape):
                     weight = ops.squeeze(weight, -1)
                 losses = losses * ops.sqrt(weight)
-            return ops.sum(losses)
+            # The mean, not the sum: under mixed_float16 the loss scale
+            # multiplies this loss, and a sum over the batch (B times the
+            # compiled loss, a mean) overflowed float16 in the backward pass,
+            # so h was never refreshed. The gradient of the sum is B times
+            # the gradient of the mean, taken below in the variables' dtype.
+            return ops.sum(losses) / ops.cast(holder["count"], losses.dtype)
 
         pieces = pending.output_loss_gradients(sampled_loss)
-        pieces = [tf.zeros_like(v.value) if p is None else dense_gradient(p) for p, v in zip(pieces, variables)]
+        pieces = [
+            tf.zeros_like(v.value) if p is None else dense_gradient(p) * ops.cast(holder["count"], p.dtype)
+            for p, v in zip(pieces, variables)
+        ]
         return pieces, holder["count"]
 
     def _seed(self, step: Any, stream: int, *salt: Any) -> Any:
