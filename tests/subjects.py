@@ -176,3 +176,11 @@ SUBJECTS = OPTIMIZERS + WRAPPED
 #: two-worker equivalence (tests/test_multi_worker_equivalence.py, both
 #: inners) do not already check, and these checks are the suite's slowest.
 TRAINING_SUBJECTS = [s for s in SUBJECTS if s.inner in (None, INNERS[0].id)]
+# Sophia's registry row tunes the Hutchinson estimator; its default,
+# Gauss-Newton-Bartlett, samples labels inside the train step: the
+# whole-model checks run it too.
+TRAINING_SUBJECTS.append(dataclasses.replace(
+    next(s for s in OPTIMIZERS if s.id == "Sophia"),
+    id="Sophia(gauss_newton_bartlett)",
+    tuned={**REGISTRY["Sophia"].tuned, "estimator": "gauss_newton_bartlett"},
+))

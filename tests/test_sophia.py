@@ -269,40 +269,22 @@ def test_default_draws_are_the_same_with_and_without_xla():
     assert set(np.unique(graph[0][0])) == {-1.0, 1.0}
 
 
+
 @pytest.mark.slow
-def test_default_estimator_trains_under_xla_and_mixed_float16_like_graph_mode(digits):
-    """The contract suite runs Sophia with its tuned Hutchinson estimator; this
-    runs the default, Gauss-Newton-Bartlett (labels sampled from the model's
-    softmax in the train step), through the same two whole-model checks:
-    ``jit_compile=True`` follows graph mode's trajectory, and under
-    ``mixed_float16`` (float16 logits, loss scaling) training stays finite and
-    lowers the loss.
+def test_default_estimator_refreshes_h_under_mixed_float16(digits):
+    """Gauss-Newton-Bartlett's sampled-label loss is scaled like the compiled
+    loss: h is refreshed under mixed_float16 as in float32. (A sum over the
+    batch overflowed float16 in the loss-scaled backward pass; every refresh
+    was then skipped as non-finite, h stayed 0, and training still lowered the
+    loss, so the contract's mixed-precision check could not see it.)
     """
     x, y = digits[0][:512], digits[1][:512]
     hyper = dict(learning_rate=0.01, hessian_update_interval=2, seed=7)
     assert Sophia(**hyper).estimator == "gauss_newton_bartlett"
-    reference = dense_model()
-    trained = {}
-    for jit in (False, True):
-        model = dense_model()
-        model.set_weights(reference.get_weights())
-        model.compile(optimizer=Sophia(**hyper), loss=LOSS, jit_compile=jit)
-        model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
-        trained[jit] = model
-    for a, b in zip(trained[True].get_weights(), trained[False].get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    moved = max(np.abs(a - b).max() for a, b in zip(trained[True].get_weights(), reference.get_weights()))
-    assert moved > 1e-3
-    h = [v.numpy() for v in trained[True].optimizer._slots["hessian"]]
-    assert all(np.all(v >= 0) for v in h) and max(v.max() for v in h) > 0, "h was estimated"
-
     keras.config.set_dtype_policy("mixed_float16")
     model = dense_model()
     model.compile(optimizer=Sophia(**hyper), loss=LOSS)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    history = model.fit(x, y, batch_size=64, epochs=3, verbose=0).history["loss"]
-    assert all(np.isfinite(history)) and history[-1] < history[0]
-    for weight in model.get_weights():
-        assert np.all(np.isfinite(weight))
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
     h = [v.numpy() for v in model.optimizer.inner_optimizer._slots["hessian"]]
-    assert all(np.all(np.isfinite(v)) for v in h) and max(v.max() for v in h) > 0
+    assert all(np.all(np.isfinite(v)) and np.all(v >= 0) for v in h)
+    assert max(v.max() for v in h) > 0, "h was refreshed"
