@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -40,31 +41,22 @@ def pip_requirements() -> list[str]:
     return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"keras-optsuite=={__version__}"]
 
 
-class _KerasFlavor:
-    """``mlflow.keras`` for ``Model.log``, with two MLflow 3.17 problems worked around.
+def _metrics_at_step(client: Any, run_id: str, model_id: str, step: int) -> list[Any]:
+    """The run's metrics logged at ``step``, attributed to ``model_id`` (what ``Model.log`` links)."""
+    from mlflow.entities import Metric
 
-    - ``mlflow.keras.save_model`` writes the input example before creating
-      the model directory, so any ``log_model`` with an ``input_example``
-      raises ``FileNotFoundError`` (mlflow/mlflow#16183, open): the directory
-      is created first here.
-    - ``Model.log`` validates the serving input by loading the model again
-      and predicting (a second ~1 s at every run's end, with a progress bar);
-      the callback's tests load the logged model instead.
-    """
-
-    __name__ = "mlflow.keras"
-
-    @staticmethod
-    def save_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> Any:
-        import mlflow.keras
-
-        os.makedirs(path, exist_ok=True)
-        return mlflow.keras.save_model(path=path, **kwargs)
+    linked = []
+    for key in client.get_run(run_id).data.metrics:
+        linked.extend(
+            Metric(key=m.key, value=m.value, timestamp=m.timestamp, step=m.step, run_id=run_id, model_id=model_id)
+            for m in client.get_metric_history(run_id, key)
+            if m.step == step and m.model_id is None
+        )
+    return linked
 
 
 def log_keras_model(
     client: Any,
-    tracking_uri: str,
     run_id: str,
     experiment_id: str,
     model: Any,
@@ -74,29 +66,50 @@ def log_keras_model(
 ) -> str:
     """Log ``model`` as the logged model ``name`` of ``run_id``; returns its model id.
 
-    The model belongs to the run's experiment (``Model.log`` alone would put
-    it in the active or default experiment), is linked to the run as an
-    output at ``step``, and is loadable with
-    ``mlflow.keras.load_model(f"models:/{model_id}")``.
+    What ``mlflow.keras.log_model`` does, through ``client`` alone: MLflow's
+    ``Model.log`` resolves the tracking URI, the active run and the active
+    experiment from process-wide state (and the private ``_use_tracking_uri``
+    that pointed it at our store deleted ``MLFLOW_TRACKING_URI`` on exit), so
+    it is not used. The model belongs to the run's experiment, is linked to
+    the run as an output at ``step`` (with the run's metrics at that step),
+    ends READY (FAILED if saving or uploading raises), and loads with
+    ``mlflow.keras.load_model(f"models:/{model_id}")``. Two MLflow 3.17
+    problems are avoided on the way: ``mlflow.keras.save_model`` writes the
+    input example before creating the model directory (mlflow/mlflow#16183,
+    open), so the directory is created first; and no serving-input
+    validation runs (it loads the model again and predicts: a second ~1 s
+    at every run's end).
     """
+    import mlflow.keras
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model, infer_signature
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     prediction = model.predict(example, verbose=0)
     signature = infer_signature(example, np.asarray(prediction))
     logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type="keras")
-    with _use_tracking_uri(tracking_uri):
-        Model.log(
-            None,
-            name=name,
-            flavor=_KerasFlavor,
-            model=model,
-            run_id=run_id,
-            model_id=logged.model_id,
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            validate_serving_input=False,
-            step=int(step),
-        )
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=int(step))])
+        client.log_batch(run_id, metrics=_metrics_at_step(client, run_id, logged.model_id, int(step)))
+        with tempfile.TemporaryDirectory(prefix="optsuite-model-") as directory:
+            path = os.path.join(directory, "model")
+            os.makedirs(path)
+            description = Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run_id,
+                model_id=logged.model_id,
+            )
+            mlflow.keras.save_model(
+                model,
+                path,
+                mlflow_model=description,
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(),
+            )
+            client.log_model_artifacts(logged.model_id, path)
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return logged.model_id

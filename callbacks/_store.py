@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import re
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -57,10 +58,14 @@ def default_tracking_uri(directory: str | os.PathLike = DEFAULT_DIRECTORY) -> st
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """The tracking URI to use: ``explicit``, else ``MLFLOW_TRACKING_URI``, else the embedded store.
+    """The tracking URI to use: ``explicit``, else MLflow's own, else the embedded store.
 
-    The embedded store is :func:`default_tracking_uri` under ``./mlruns``
-    (created on first use).
+    MLflow's own is what ``mlflow.get_tracking_uri()`` answers once a URI is
+    set: by ``mlflow.set_tracking_uri`` (which wins, as in MLflow) or by
+    ``MLFLOW_TRACKING_URI``. Without either, the embedded store is
+    :func:`default_tracking_uri` under ``./mlruns`` (created on first use),
+    not MLflow's ``sqlite:///mlflow.db``. Reads MLflow's state, never
+    changes it.
 
     Example:
     >>> resolve_tracking_uri("http://127.0.0.1:5000")
@@ -68,10 +73,12 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     """
     if explicit:
         return explicit
-    from_environment = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if from_environment:
-        return from_environment
-    return default_tracking_uri()
+    mlflow = sys.modules.get("mlflow")  # not imported: set_tracking_uri cannot have been called
+    if mlflow is not None and mlflow.is_tracking_uri_set():
+        uri = str(mlflow.get_tracking_uri()).strip()
+    else:
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or default_tracking_uri()
 
 
 def is_http_uri(tracking_uri: str) -> bool:
@@ -224,6 +231,10 @@ def _install_fail_fast_hook() -> None:
     those arguments in only on threads inside :func:`fail_fast_http`;
     everywhere else it passes calls through unchanged.
     """
+    # The one process-wide change this package makes to MLflow: a wrapper
+    # that is a pass-through except on threads inside fail_fast_http (the
+    # tracking sink's sender, the end-of-run uploads), which a user's own
+    # MLflow calls never are.
     global _installed
     with _install_lock:
         if _installed:

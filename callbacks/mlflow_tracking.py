@@ -624,14 +624,18 @@ class MLflowTracking(keras.callbacks.Callback):
             try:
                 if isinstance(model, Path):
                     model = keras.models.load_model(model)
-                log_keras_model(
-                    self._client, self._tracking_uri, self.run_id, self._experiment_id, model, name, example, step
-                )
+                log_keras_model(self._client, self.run_id, self._experiment_id, model, name, example, step)
             except Exception as error:  # noqa: BLE001 - the .keras files are logged; say what failed
                 print(f"MLflowTracking: could not log the MLflow model {name!r}: {error!r}", file=sys.stderr)
 
     # -- exit hooks: never leave a run RUNNING -----------------------------------------
     def _install_exit_hooks(self) -> None:
+        # Process-wide on purpose, and only while a run is open: without them
+        # a crash or SIGTERM outside the `with` block leaves the run RUNNING.
+        # Each hook chains to the one it replaced, and _remove_exit_hooks puts
+        # that one back when the run ends. Nothing else here touches MLflow's
+        # or the process's global state (the tracking URI, the environment,
+        # the active run and experiment are only read).
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
         atexit.register(self._at_exit)
@@ -704,22 +708,29 @@ def _write_history(history: list[dict[str, float]], path: Path) -> None:
 
 
 def _plot_history(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
+    """Training and validation curves per metric, at integer epochs.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on matplotlib's Agg canvas directly: no pyplot, so the user's
+    backend and open figures are left alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     names = sorted({key for row in history for key in row} - {"epoch"})
     bases = [name for name in names if not name.startswith("val_")]
-    figure, axes = plt.subplots(1, max(len(bases), 1), figsize=(4.5 * max(len(bases), 1), 3.5), squeeze=False)
+    columns = max(len(bases), 1)
+    figure = Figure(figsize=(4.5 * columns, 3.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, columns, squeeze=False)
     for axis, base in zip(axes[0], bases):
         for name in (base, f"val_{base}"):
             points = [(row["epoch"], row[name]) for row in history if name in row]
             if points:
                 axis.plot(*zip(*points), marker="o", label=name)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_title(base)
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -127,6 +127,28 @@ def _fresh_keras_state():
     gc.freeze()
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_process_state_restored():
+    """A test that sets MLflow's process-wide state (tracking URI, active runs) leaves none behind.
+
+    ``mlflow.set_tracking_uri`` writes ``MLFLOW_TRACKING_URI`` into the
+    environment as well as a module global; both are put back, and runs a
+    test left active are ended, so the next test on this worker starts clean.
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_utils._tracking_uri
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    tracking_utils._tracking_uri = uri
+    if environment is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's bundled 8x8 digits: features in [0, 1], integer labels."""
