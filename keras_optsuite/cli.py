@@ -32,26 +32,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_tracking_replay(args: argparse.Namespace) -> int:
-    import mlflow
+    from keras_optsuite.callbacks.replay import replay_journals
 
-    from keras_optsuite.callbacks._journal import Journal
-    from keras_optsuite.callbacks._store import default_journal_path, resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    target = Path(args.journal) if args.journal else default_journal_path(tracking_uri)
-    paths = sorted(target.glob("*.jsonl")) if target.is_dir() else [target]
-    journals = [Journal(path) for path in paths]
-    client = mlflow.MlflowClient(tracking_uri)
-    sent = remaining = rejected = 0
-    for journal in journals:
-        rejected_before = len(journal.rejected())
-        journal_sent, journal_remaining = journal.replay(client)
-        sent, remaining = sent + journal_sent, remaining + journal_remaining
-        rejected += len(journal.rejected()) - rejected_before
-    print(f"sent {sent} records to {tracking_uri}; {remaining} remain in {target}")
-    if rejected:
-        print(f"{rejected} records refused by the store, kept in *.rejected beside the journal")
-    return 1 if remaining else 0
+    results = replay_journals(args.journal, args.tracking_uri)
+    if not results:
+        print("no journal to replay: nothing was spooled")
+        return 0
+    waiting = 0
+    for result in results:
+        waiting += result.remaining
+        if result.tracking_uri is None and result.remaining:
+            print(
+                f"{result.journal}: {result.remaining} records wait for a store this journal does not name; "
+                f"replay them with: optsuite tracking replay --journal {result.journal} --tracking-uri URI"
+            )
+        elif result.sent or result.remaining:
+            print(f"{result.journal}: sent {result.sent} records to {result.tracking_uri}; {result.remaining} remain")
+        if result.rejected:
+            print(f"{result.journal}: {result.rejected} records refused by the store, kept in {result.journal}.rejected")
+    if not waiting:
+        print(f"every journal is replayed ({len(results)} checked)")
+    return 1 if waiting else 0
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
@@ -96,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument(
         "--journal", default=None,
         help="journal file, or a directory: every *.jsonl in it "
-        "(default: the tracking URI's journal under ./mlruns/journals/)",
+        "(default: every journal under ./mlruns/journals/, each sent to its own store)",
     )
     replay_parser.add_argument(
         "--tracking-uri", default=None,
-        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
+        help="send to this store (default: the store each journal was written for)",
     )
     replay_parser.set_defaults(handler=_cmd_tracking_replay)
 
