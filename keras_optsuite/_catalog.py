@@ -11,7 +11,6 @@ disagree. This module imports nothing but the standard library.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 #: ``(heading, ((registered name, description), ...))`` in listing order.
@@ -194,4 +193,3 @@ SECTIONS: tuple[Section, ...] = (
 
 if __name__ == "__main__":
     _write(from_registries())
-    sys.exit(0)

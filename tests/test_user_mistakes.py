@@ -50,6 +50,15 @@ def test_a_wrapper_name_alone_says_how_to_build_one(spec):
 
 
 @pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))
+def test_the_demo_says_a_wrapper_name_is_a_wrapper(spec):
+    from keras_optsuite.pipelines.demo import _make_optimizer
+
+    for name in (spec.name, spec.registered_name, spec.name.lower()):
+        with pytest.raises(ValueError, match=f"name={re.escape(repr(name))} is a wrapper"):
+            _make_optimizer(name)
+
+
+@pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))
 def test_a_misspelled_wrapper_argument_is_named_with_the_valid_ones(spec):
     arguments = _arguments(spec.cls)
     own = [a for a in arguments if a not in ("inner", "name")] or ["name"]
