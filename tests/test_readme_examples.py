@@ -122,6 +122,7 @@ def test_the_readme_has_the_blocks_this_test_expects():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("readme_blocks")  # one worker: the subprocess runs once
 @pytest.mark.parametrize("block", TO_RUN, ids=[f"README.md:{b['line']}" for b in TO_RUN])
 def test_readme_block_runs_as_written(block, results):
     result = results[block["line"]]

@@ -217,8 +217,10 @@ class LearningRateFree:
     """Optimizers that estimate their own step size (mixed into optimizers).
 
     ``learning_rate`` multiplies the estimate (keep the default 1.0, or use a
-    warmup or decay schedule on top of it); ``estimated_step_size`` is the
-    step size the method currently uses, for callbacks to log.
+    warmup or decay schedule on top of it); a float below
+    ``SMALL_LEARNING_RATE`` gets a ``UserWarning`` naming it.
+    ``estimated_step_size`` is the step size the method currently uses, for
+    callbacks to log.
     """
 
     #: A float ``learning_rate`` below this is almost surely a step size
