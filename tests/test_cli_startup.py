@@ -30,7 +30,7 @@ def _subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple = ()) -> li
 
 SUBCOMMANDS = _subcommand_paths(build_parser())
 LIGHT_COMMANDS = [
-    ("--help",), ("--version",), ("list",),
+    (), ("--help",), ("--version",), ("list",),
     ("launch", "--workers", "2", "--", sys.executable, "-c", "print('hello')"),
     *[(*path, "--help") for path in SUBCOMMANDS],
 ]
@@ -52,7 +52,7 @@ def test_every_subcommand_is_covered():
     assert ("tracking", "replay") in SUBCOMMANDS
 
 
-@pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=[" ".join(a[:3]) for a in LIGHT_COMMANDS])
+@pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=[" ".join(a[:3]) or "no arguments" for a in LIGHT_COMMANDS])
 def test_light_commands_do_not_import_tensorflow(args):
     result, imported = _run_with_import_log(*args)
     assert result.returncode == 0, result.stderr[-3000:]
