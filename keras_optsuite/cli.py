@@ -1,4 +1,10 @@
-"""The ``optsuite`` command."""
+"""The ``optsuite`` command.
+
+``--help``, ``--version``, ``list`` and ``launch`` do not import TensorFlow
+(the entry point ``keras_optsuite_cli`` defers the package's ``__init__``);
+every other command imports the whole library first. Keep this module's own
+imports free of TensorFlow: handlers import what they need.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,9 @@ from keras_optsuite._version import __version__
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from keras_optsuite.optimizers import REGISTRY, WRAPPERS
+    from keras_optsuite import _catalog
 
-    for spec in REGISTRY.values():
-        print(f"{spec.registered_name:<42} {spec.family:<18} {spec.paper}")
-    for spec in WRAPPERS.values():
-        print(f"{spec.registered_name:<42} {'wrapper':<18} {spec.paper}")
-    from keras_optsuite.layers import LAYERS, REGULARIZERS
-
-    for spec in [*LAYERS.values(), *REGULARIZERS.values()]:
-        print(f"{spec.registered_name:<42} {spec.kind:<18} {spec.paper}")
+    print(_catalog.render(_catalog.SECTIONS), end="")
     return 0
 
 
@@ -66,6 +65,17 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return launch(command, workers=args.workers, ps=args.ps, timeout=args.timeout)
 
 
+# Commands that run without importing TensorFlow (nor the rest of the library).
+_LIGHT_HANDLERS = frozenset({_cmd_list, _cmd_launch})
+
+
+def _import_library() -> None:
+    """Finish importing ``keras_optsuite`` if the entry point deferred it."""
+    import keras_optsuite_cli
+
+    keras_optsuite_cli.finish_deferred_imports()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_optsuite.pipelines import demo
 
@@ -76,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    list_parser = commands.add_parser("list", help="list the shipped optimizers, layers and regularizers with their papers")
+    list_parser = commands.add_parser(
+        "list", help="list the shipped optimizers (by family), wrappers, gradient "
+        "transformations, schedules, layers and regularizers with their papers"
+    )
     list_parser.set_defaults(handler=_cmd_list)
 
     demo_parser = commands.add_parser(
@@ -126,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.handler not in _LIGHT_HANDLERS:
+        _import_library()
     try:
         return args.handler(args)
     except ValueError as error:
