@@ -133,6 +133,11 @@ def test_best_model_loads_from_its_logged_model_and_scores_what_the_parent_says(
     assert logged.evaluate(*validation, verbose=0)[0] == pytest.approx(best_score, rel=1e-5)
     model = tuner.get_best_models(1)[0]
     assert model.evaluate(*validation, verbose=0)[0] == pytest.approx(best_score, rel=1e-5)
+    # the optimizer state comes back with the weights (Keras Tuner alone drops it with a warning)
+    steps = EPOCHS * int(np.ceil(1200 / 64))
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert int(model.optimizer.iterations) == (best.best_step + 1) * int(np.ceil(1200 / 64)) <= steps
+    assert int(logged.optimizer.iterations) == int(model.optimizer.iterations)
 
 
 def test_bad_budgets_and_names_raise_before_any_trial(tmp_path):

@@ -30,6 +30,11 @@ class OptimizerHyperModel(keras_tuner.HyperModel):
       tuner's best-epoch checkpoint are taken at the evaluation weights;
     - full-batch methods (LBFGS) get ``batch_size = len(x)``.
 
+    The optimizer is built with the model's variables in ``build``, so the
+    best models Keras Tuner reloads (``tuner.get_best_models()``) and
+    Hyperband's continued trials get their optimizer state back with their
+    weights.
+
     Args:
         build_model: ``build_model(hp) -> keras.Model``, not compiled.
         loss: the loss given to ``compile``.
@@ -97,6 +102,10 @@ class OptimizerHyperModel(keras_tuner.HyperModel):
             total_steps=self.total_steps, weight_decay=weight_decay,
         )
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs)
+        if model.built:
+            # Its variables exist now, so Keras Tuner's load_weights (best models, Hyperband's
+            # continued trials) restores the optimizer state too instead of dropping it.
+            model.optimizer.build(model.trainable_variables)
         return model
 
     def fit(self, hp: Any, model: keras.Model, *args: Any, **kwargs: Any) -> Any:

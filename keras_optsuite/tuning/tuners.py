@@ -318,6 +318,25 @@ class _TrackedTuner:
             if "already" not in str(error).lower() and "changing param" not in str(error).lower():
                 raise
 
+    def load_model(self, trial: Any) -> keras.Model:
+        """Keras Tuner's ``load_model`` with the optimizer built first, so its state loads too.
+
+        Keras Tuner rebuilds the model and calls ``load_weights``; with the
+        optimizer not built yet Keras drops the saved optimizer state with a
+        warning (the best model's logged copy then has no optimizer state).
+        """
+        from keras_tuner.src import utils as kt_utils
+        from keras_tuner.src.engine.tuner import maybe_distribute
+
+        model = self._try_build(trial.hyperparameters)
+        if not model.built:
+            model.build_from_config(kt_utils.load_json(self._get_build_config_fname(trial.trial_id)))
+        with maybe_distribute(self.distribution_strategy):
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(self._get_checkpoint_fname(trial.trial_id))
+        return model
+
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)
         self._record_trial_end(trial)
