@@ -234,3 +234,37 @@ def test_a_trial_worse_than_the_median_is_pruned_and_recorded(failing_and_pruned
     for mode in ("adam_a", "adam_b"):
         assert "keras_optsuite.pruned" not in runs[mode][1].data.tags
         assert len(client.get_metric_history(runs[mode][1].info.run_id, "val_loss")) == 4
+
+
+# -- Hyperband: continued trials continue their run -----------------------------------------
+
+@pytest.mark.slow
+def test_hyperband_continues_trials_in_their_run_with_bookkeeping_as_tags(
+        digits, shared_embedded_tracking_uri, tmp_path):
+    (x, y), validation = digits
+    hypermodel = OptimizerHyperModel(_mlp, LOSS, optimizers=["Adam", "RAdam"])
+    tuner = Hyperband(hypermodel, objective="val_loss", max_epochs=3, factor=3, seed=1,
+                      directory=str(tmp_path), project_name="hyperband", experiment="tuning-hyperband",
+                      tracking_uri=shared_embedded_tracking_uri)
+    tuner.search(x, y, validation_data=validation, batch_size=64, verbose=0)
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    trials = tuner.oracle.trials
+    continued = {t: trial.hyperparameters.values["tuner/trial_id"] for t, trial in trials.items()
+                 if trial.hyperparameters.values.get("tuner/trial_id")}
+    assert continued, "this budget has a second round"
+    runs = {run.info.run_id: run for run in _children(client, tuner.parent_run_id).values()}
+    assert len(runs) == len(trials) - len(continued), "a continued trial starts no new run"
+    for trial_id, previous in continued.items():
+        run_id = tuner.child_runs[trial_id]
+        assert run_id == tuner.child_runs[previous]
+        run = client.get_run(run_id)
+        values = trials[trial_id].hyperparameters.values
+        assert run.data.tags["keras_optsuite.trial_id"] == trial_id
+        assert run.data.tags["tuner/trial_id"] == previous
+        assert run.data.tags["tuner/epochs"] == str(values["tuner/epochs"])
+        steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+        assert sorted(steps) == list(range(values["tuner/epochs"])), "the epochs of both trials, once each"
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert not any("tuner/" in key for key in run.data.params), "bookkeeping values are not params"
+        assert "tuner/bracket" in run.data.tags and "hp.optimizer" in run.data.params

@@ -149,6 +149,27 @@ class _FailOnNonFinite(keras.callbacks.Callback):
     _epoch = 0
 
 
+class _SnapshotRunState(keras.callbacks.Callback):
+    """Keeps a copy of MLflowTracking's resume state (deleted when its run ends FINISHED).
+
+    Hyperband's next trial of the same chain restores it, so MLflowTracking
+    continues the same run (epochs, best model and logged steps included).
+    """
+
+    def __init__(self, backup_dir: Path) -> None:
+        super().__init__()
+        from keras_optsuite.callbacks._resume import RunState
+
+        self.state = RunState(backup_dir)
+        self.snapshot = backup_dir.with_name(backup_dir.name + ".last.json")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        saved = self.state.load()  # MLflowTracking (listed before) has just saved this epoch
+        if saved is not None:
+            self.snapshot.parent.mkdir(parents=True, exist_ok=True)
+            self.snapshot.write_text(json.dumps(saved))
+
+
 class _EpochReporter(keras.callbacks.Callback):
     """Reports each epoch's objective to the oracle, which may answer: stop."""
 
@@ -183,6 +204,7 @@ class _TrackedTuner:
         self.parent_run_id: str | None = None
         self.child_runs: dict[str, str] = {}
         self._pruned_at: dict[str, int] = {}
+        self._chains: dict[str, str] = {}  # Hyperband trial id -> the first trial of its chain
         self._pruning = pruning  # also here: a distributed worker's oracle is a gRPC client
         self._client = None
         self._uri: str | None = None
@@ -192,7 +214,8 @@ class _TrackedTuner:
     def get_state(self) -> dict[str, Any]:
         return {**super().get_state(), "mlflow": {"parent_run_id": self.parent_run_id,
                                                   "child_runs": self.child_runs,
-                                                  "pruned_at": self._pruned_at}}
+                                                  "pruned_at": self._pruned_at,
+                                                  "chains": self._chains}}
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
@@ -200,6 +223,7 @@ class _TrackedTuner:
         self.parent_run_id = saved.get("parent_run_id")
         self.child_runs = dict(saved.get("child_runs", {}))
         self._pruned_at = dict(saved.get("pruned_at", {}))
+        self._chains = dict(saved.get("chains", {}))
 
     def search(self, *fit_args: Any, **fit_kwargs: Any) -> None:
         try:
@@ -269,23 +293,35 @@ class _TrackedTuner:
         from keras_optsuite.callbacks import MLflowTracking
 
         hp = trial.hyperparameters
+        trial_id = str(trial.trial_id)
         family = hp.values.get(OPTIMIZER)
-        tags = {"mlflow.parentRunId": self.parent_run_id, TAG + "trial_id": str(trial.trial_id)}
-        tags.update({k: str(v) for k, v in hp.values.items() if k.startswith(BOOKKEEPING_PREFIX)})
-        previous = hp.values.get("tuner/trial_id")
-        if previous is not None and str(previous) in self.child_runs:
-            tags[TAG + "continues_run_id"] = self.child_runs[str(previous)]
+        bookkeeping = {k: str(v) for k, v in hp.values.items() if k.startswith(BOOKKEEPING_PREFIX)}
+        tags = {"mlflow.parentRunId": self.parent_run_id, TAG + "trial_id": trial_id, **bookkeeping}
+        backup_dir = None
+        if "tuner/epochs" in hp.values:  # Hyperband: a continued trial continues its run
+            previous = str(hp.values.get("tuner/trial_id") or "")
+            chain = self._chains.get(previous, trial_id) if previous else trial_id
+            self._chains[trial_id] = chain
+            backup_dir = Path(self.project_dir) / "mlflow-runs" / f"chain_{chain}"
+            snapshot = backup_dir.with_name(backup_dir.name + ".last.json")
+            if previous and snapshot.exists():
+                from keras_optsuite.callbacks._resume import RunState
+
+                RunState(backup_dir).save(json.loads(snapshot.read_text()))
         tracking = MLflowTracking(
             experiment=self.experiment,
-            run_name=f"trial_{trial.trial_id}" + (f"-{family}" if family else ""),
+            run_name=f"trial_{trial_id}" + (f"-{family}" if family else ""),
             tags=tags,
             tracking_uri=self._uri,
             log_model=False,
+            backup_dir=backup_dir,
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [tracking, _FailOnNonFinite()]
+        if backup_dir is not None:
+            callbacks.append(_SnapshotRunState(backup_dir))
         if self._pruning is not None:
-            callbacks.append(_EpochReporter(self, trial.trial_id))
+            callbacks.append(_EpochReporter(self, trial_id))
         try:
             with tracking:
                 return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
@@ -294,14 +330,19 @@ class _TrackedTuner:
                 run = self._client.create_run(self._experiment_id, run_name=tracking.run_name, tags=tags)
                 self._log_text(run.info.run_id, "traceback.txt", traceback.format_exc())
                 self._client.set_terminated(run.info.run_id, "FAILED")
-                self.child_runs[str(trial.trial_id)] = run.info.run_id
+                self.child_runs[trial_id] = run.info.run_id
             raise
         finally:
             if tracking.run_id is not None:
-                self.child_runs[str(trial.trial_id)] = tracking.run_id
-            run_id = self.child_runs.get(str(trial.trial_id))
+                self.child_runs[trial_id] = tracking.run_id
+            run_id = self.child_runs.get(trial_id)
             if run_id is not None:
                 self._log_hyperparameters(run_id, hp)
+                if backup_dir is not None:  # the continued run says which trial it is at now
+                    from mlflow.entities import RunTag
+
+                    self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {
+                        **bookkeeping, TAG + "trial_id": trial_id}.items()])
 
     def _log_hyperparameters(self, run_id: str, hp: Any) -> None:
         from mlflow.entities import Param
@@ -550,10 +591,11 @@ class Hyperband(_TrackedTuner, keras_tuner.Hyperband):
     ``tracking_uri`` and ``run_name``. Hyperband's bookkeeping values
     (``tuner/epochs``, ``tuner/initial_epoch``, ``tuner/bracket``,
     ``tuner/round``, ``tuner/trial_id``) are tags of the child runs, not
-    params; a trial that continues an earlier one (``tuner/trial_id``) is its
-    own child run, tagged ``keras_optsuite.continues_run_id`` with the run
-    it continues. Hyperband stops trials by its own schedule: no
-    ``pruning`` and no defaults-first trials.
+    params. A trial that continues an earlier one (``tuner/trial_id``)
+    continues its run: the metrics go on at the following epochs, and the
+    tag ``keras_optsuite.trial_id`` and the bookkeeping tags follow the
+    latest trial (through ``MLflowTracking``'s resume). Hyperband stops
+    trials by its own schedule: no ``pruning`` and no defaults-first trials.
 
     Example:
     >>> tuner = Hyperband(hypermodel, objective="val_loss", max_epochs=9, experiment="digits")
