@@ -268,3 +268,47 @@ def test_hyperband_continues_trials_in_their_run_with_bookkeeping_as_tags(
         assert run.info.status == "FINISHED"
         assert not any("tuner/" in key for key in run.data.params), "bookkeeping values are not params"
         assert "tuner/bracket" in run.data.tags and "hp.optimizer" in run.data.params
+
+
+# -- kill -9 and resume ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_path,
+                                                                                shared_embedded_tracking_uri):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from workers import tuning_search
+
+    script = os.path.join(os.path.dirname(__file__), "workers", "tuning_search.py")
+    environment = {**os.environ, "OPTSUITE_TEST_THREADS": "1"}
+    killed = subprocess.run(
+        [sys.executable, script, str(tmp_path), shared_embedded_tracking_uri, "--kill-after-epochs",
+         str(2 * tuning_search.EPOCHS + 2)],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    restarted = time.time() * 1000
+    tuner = tuning_search.search(str(tmp_path), shared_embedded_tracking_uri)
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    experiment = client.get_experiment_by_name("tuning-resume").experiment_id
+    parents = client.search_runs([experiment], "tags.`keras_optsuite.tuner` = 'RandomSearch'")
+    assert [run.info.run_id for run in parents] == [tuner.parent_run_id], "one parent run, continued"
+    assert parents[0].info.status == "FINISHED" and parents[0].data.tags["keras_optsuite.resumes"] == "1"
+    children = _children(client, tuner.parent_run_id)
+    all_runs = client.search_runs([experiment], "", max_results=100)
+    assert len(all_runs) == 1 + tuning_search.TRIALS, "no duplicated run"
+    assert sorted(children) == sorted(tuner.oracle.trials) and len(children) == tuning_search.TRIALS
+    first, second, interrupted = (sorted(children)[i] for i in range(3))
+    for trial_id in (first, second):  # finished before the kill: not run again
+        run = children[trial_id]
+        assert run.info.end_time < restarted and "keras_optsuite.resumes" not in run.data.tags
+    run = children[interrupted]
+    assert run.info.status == "FINISHED" and run.data.tags["keras_optsuite.resumes"] == "1"
+    history = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(tuning_search.EPOCHS)), "every epoch once"
+    # epoch 0 finished before the kill; the resumed trial went on from epoch 1
+    assert history[0].timestamp < restarted <= history[1].timestamp
+    assert all(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())

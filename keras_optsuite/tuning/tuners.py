@@ -308,6 +308,10 @@ class _TrackedTuner:
                 from keras_optsuite.callbacks._resume import RunState
 
                 RunState(backup_dir).save(json.loads(snapshot.read_text()))
+        else:
+            # A search killed (even with kill -9) and started again with overwrite=False resumes
+            # the interrupted trial from its last finished epoch, in the same child run.
+            backup_dir = Path(self.get_trial_dir(trial_id)) / "backup"
         tracking = MLflowTracking(
             experiment=self.experiment,
             run_name=f"trial_{trial_id}" + (f"-{family}" if family else ""),
@@ -317,9 +321,10 @@ class _TrackedTuner:
             backup_dir=backup_dir,
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        callbacks += [tracking, _FailOnNonFinite()]
-        if backup_dir is not None:
-            callbacks.append(_SnapshotRunState(backup_dir))
+        if "tuner/epochs" in hp.values:
+            callbacks += [tracking, _FailOnNonFinite(), _SnapshotRunState(backup_dir)]
+        else:
+            callbacks += [keras.callbacks.BackupAndRestore(str(backup_dir)), tracking, _FailOnNonFinite()]
         if self._pruning is not None:
             callbacks.append(_EpochReporter(self, trial_id))
         try:
@@ -338,7 +343,7 @@ class _TrackedTuner:
             run_id = self.child_runs.get(trial_id)
             if run_id is not None:
                 self._log_hyperparameters(run_id, hp)
-                if backup_dir is not None:  # the continued run says which trial it is at now
+                if "tuner/epochs" in hp.values:  # the continued run says which trial it is at now
                     from mlflow.entities import RunTag
 
                     self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {
