@@ -18,13 +18,18 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _figure(columns: int, width: float = 4.5):
+def _figure(panels: int, width: float = 4.5, per_row: int = 4):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width * columns, 3.5))
+    columns = min(panels, per_row)
+    rows = -(-panels // columns)
+    figure = Figure(figsize=(width * columns, 3.5 * rows))
     FigureCanvasAgg(figure)  # no pyplot: the user's backend is left alone
-    return figure, figure.subplots(1, columns, squeeze=False)[0]
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for axis in axes[panels:]:
+        axis.set_visible(False)
+    return figure, axes[:panels]
 
 
 def plot_objective(scores: list[tuple[int, float]], direction: str, name: str, path: Path) -> None:
