@@ -7,7 +7,7 @@
     {"kind": "tags", "run_id": "...", "tags": {"key": "value", ...}}
     {"kind": "terminate", "run_id": "...", "status": "FINISHED", "end_time": 1700000000000}
     {"kind": "create_run", "run_id": "pending-<hex>", "experiment": "name", "run_name": null,
-     "tags": {...}, "start_time": 1700000000000}
+     "tags": {...}, "start_time": 1700000000000, "parent_run_id": "..."}  (parent optional)
     {"kind": "artifacts", "run_id": "...", "directory": "/abs/kept/copy", "artifact_path": null}
     {"kind": "inputs", "run_id": "...", "datasets": [{"name": ..., "digest": ..., "source_type": ...,
      "source": ..., "schema": ..., "profile": ..., "context": "training"}]}
@@ -184,9 +184,15 @@ def check_record(record: Any) -> dict:
                 f"a create_run record's run_id must start with {PENDING_RUN_PREFIX!r}, got run_id={run_id!r}"
             )
         experiment = record.get("experiment")
-        if not isinstance(experiment, str) or not experiment.strip():
-            raise ValueError(f"experiment must be a non-empty string, got experiment={experiment!r}")
-        return {
+        parent = record.get("parent_run_id")
+        if parent is not None and (not isinstance(parent, str) or not parent):
+            raise ValueError(f"parent_run_id must be a run id or None, got parent_run_id={parent!r}")
+        if (experiment is not None or parent is None) and (not isinstance(experiment, str) or not experiment.strip()):
+            raise ValueError(
+                "experiment must be a non-empty string (or None for a child run, which goes to its "
+                f"parent's experiment), got experiment={experiment!r}"
+            )
+        normalized = {
             "kind": kind,
             "run_id": run_id,
             "experiment": experiment,
@@ -194,6 +200,9 @@ def check_record(record: Any) -> dict:
             "tags": _check_string_mapping("tags", record.get("tags", {})),
             "start_time": _check_milliseconds("start_time", record.get("start_time")),
         }
+        if parent is not None:
+            normalized["parent_run_id"] = parent
+        return normalized
     if kind == "artifacts":
         directory = record.get("directory")
         if not isinstance(directory, str) or not os.path.isabs(directory):
@@ -310,12 +319,19 @@ def _create_run(client: Any, record: dict, runs: "PendingRuns") -> str:
         real = runs.get(pending)
         if real is not None:
             return real
-        experiment = client.get_experiment_by_name(record["experiment"])
-        if experiment is not None and experiment.lifecycle_stage != "active":
-            raise _refused(
-                f"experiment {record['experiment']!r} is deleted: run {pending} cannot be created in it"
-            )
-        experiment_id = get_or_create_experiment(client, record["experiment"])
+        tags = {**record["tags"], PROVISIONAL_RUN_ID_TAG: pending}
+        parent = record.get("parent_run_id")
+        if parent is not None:  # created (or refused) before this record: the journal keeps order
+            parent = tags["mlflow.parentRunId"] = _real_run_id(parent, runs)
+        if record["experiment"] is None:
+            experiment_id = client.get_run(parent).info.experiment_id
+        else:
+            experiment = client.get_experiment_by_name(record["experiment"])
+            if experiment is not None and experiment.lifecycle_stage != "active":
+                raise _refused(
+                    f"experiment {record['experiment']!r} is deleted: run {pending} cannot be created in it"
+                )
+            experiment_id = get_or_create_experiment(client, record["experiment"])
         found = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{PROVISIONAL_RUN_ID_TAG}` = '{pending}'",
@@ -325,10 +341,7 @@ def _create_run(client: Any, record: dict, runs: "PendingRuns") -> str:
             real = found[0].info.run_id
         else:
             run = client.create_run(
-                experiment_id,
-                start_time=record["start_time"],
-                tags={**record["tags"], PROVISIONAL_RUN_ID_TAG: pending},
-                run_name=record["run_name"],
+                experiment_id, start_time=record["start_time"], tags=tags, run_name=record["run_name"]
             )
             real = run.info.run_id
         runs.remember(pending, real)
@@ -562,7 +575,8 @@ class PendingRuns:
 class Journal:
     """An append-only JSON-lines spool of tracking records, safe against ``kill -9``.
 
-    Files beside ``path``: ``.cursor`` (replay progress: byte offset of the
+    Files beside ``path``: ``.uri`` (the tracking store the records are
+    for, credentials removed, when ``tracking_uri`` is given), ``.cursor`` (replay progress: byte offset of the
     first unsent record, tied to the journal file's inode and first line), ``.rejected``
     (records the store refused for good, with the error), ``.lock``
     (``flock`` so two processes, e.g. a training job and ``optsuite tracking
@@ -572,6 +586,8 @@ class Journal:
 
     Args:
         path: the journal file (created on first append, parents too).
+        tracking_uri: the store its records are for, remembered beside it
+            so ``optsuite tracking replay`` needs no arguments.
 
     Example:
     >>> journal = Journal("mlruns/journals/server.jsonl")
@@ -581,8 +597,11 @@ class Journal:
     >>> sent, remaining = journal.replay(mlflow.MlflowClient("http://127.0.0.1:5000"))
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, tracking_uri: str | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
+        self.uri_path = self.path.with_name(self.path.name + ".uri")
+        if tracking_uri is not None:
+            self._remember_tracking_uri(tracking_uri)
         self.cursor_path = self.path.with_name(self.path.name + ".cursor")
         self.rejected_path = self.path.with_name(self.path.name + ".rejected")
         self._locked = _FileLock(self.path.with_name(self.path.name + ".lock"))
@@ -590,6 +609,26 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
+
+    @property
+    def tracking_uri(self) -> str | None:
+        """The store this journal's records are for (written by its tracking callback), if known."""
+        try:
+            return self.uri_path.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _remember_tracking_uri(self, tracking_uri: str) -> None:
+        """Write ``<journal>.uri`` (credentials removed) so a bare replay knows where to send."""
+        from keras_optsuite.callbacks._store import without_credentials
+
+        uri = without_credentials(tracking_uri)
+        if self.tracking_uri == uri:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.uri_path.with_name(self.uri_path.name + f".{os.getpid()}.tmp")
+        temporary.write_text(uri + "\n", encoding="utf-8")
+        os.replace(temporary, self.uri_path)
 
     def new_artifacts_directory(self, run_id: str) -> Path:
         """A new empty directory for artifacts of ``run_id`` that could not be uploaded.
@@ -974,11 +1013,12 @@ class Sink:
 
     def create_run(
         self,
-        experiment: str,
+        experiment: str | None,
         run_name: str | None = None,
         tags: dict[str, Any] | None = None,
         start_time: int | None = None,
         *,
+        parent_run_id: str | None = None,
         run_id: str | None = None,
     ) -> str:
         """Queue the creation of a run; return its pending id, usable at once in every other call.
@@ -986,7 +1026,10 @@ class Sink:
         For a store that is unreachable now: the run is created (in
         ``experiment``, created if missing; ``start_time`` ms, default now)
         when the record is sent, and every record of the pending id goes to
-        it. :meth:`resolve_run_id` tells its real id once it exists. Pass
+        it. :meth:`resolve_run_id` tells its real id once it exists. A
+        child run names its ``parent_run_id`` (a pending id too: the parent's
+        creation comes first in the journal) and, with ``experiment`` None,
+        goes to the parent's experiment. Pass
         the ``run_id`` of an earlier call (e.g. saved by a job that was
         killed) to queue the same creation again: it creates one run only.
 
@@ -998,6 +1041,7 @@ class Sink:
             "kind": "create_run",
             "run_id": PENDING_RUN_PREFIX + uuid.uuid4().hex if run_id is None else run_id,
             "experiment": experiment,
+            "parent_run_id": parent_run_id,
             "run_name": run_name,
             "tags": dict(tags or {}),
             "start_time": int(time.time() * 1000) if start_time is None else start_time,

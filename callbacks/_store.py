@@ -184,6 +184,22 @@ def server_is_reachable(tracking_uri: str, timeout: float = 2.0) -> bool:
     return response.status_code == 200
 
 
+def without_credentials(tracking_uri: str) -> str:
+    """``tracking_uri`` with any ``user:password@`` removed (what may be written to disk).
+
+    Example:
+    >>> without_credentials("http://user:secret@127.0.0.1:5000")
+    'http://127.0.0.1:5000'
+    """
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if not (parts.username or parts.password):
+        return tracking_uri  # urlunsplit would drop a slash of sqlite:////absolute/path
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
 def default_journal_path(
     tracking_uri: str, directory: str | os.PathLike = DEFAULT_DIRECTORY
 ) -> Path:
@@ -197,13 +213,7 @@ def default_journal_path(
     >>> default_journal_path("http://127.0.0.1:5000").name
     'http-127.0.0.1-5000-...jsonl'
     """
-    parts = urllib.parse.urlsplit(tracking_uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    safe_uri = urllib.parse.urlunsplit(parts)
+    safe_uri = without_credentials(tracking_uri)
     slug = re.sub(r"[^A-Za-z0-9._]+", "-", safe_uri).strip("-.")[-60:].strip("-.") or "store"
     digest = hashlib.sha1(safe_uri.encode("utf-8")).hexdigest()[:8]
     return Path(directory).absolute() / JOURNALS_DIRECTORY_NAME / f"{slug}-{digest}.jsonl"

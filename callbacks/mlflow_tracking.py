@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import io
 import json
@@ -26,11 +27,13 @@ from keras_optsuite.callbacks import _run_params
 from keras_optsuite.callbacks._journal import Journal, Sink, is_pending_run_id
 from keras_optsuite.callbacks._logged_model import input_example, log_keras_model
 from keras_optsuite.callbacks._resume import RunState
+from keras_optsuite.callbacks._run_target import Target as _Target
+from keras_optsuite.callbacks._run_target import logged_steps as _logged_steps
+from keras_optsuite.callbacks._run_target import resolve_target
 from keras_optsuite.callbacks._store import (
     default_journal_path,
     fail_fast_http,
     get_or_create_experiment,
-    resolve_tracking_uri,
     server_is_reachable,
 )
 from keras_optsuite.callbacks.compare import lower_is_better
@@ -60,7 +63,19 @@ class MLflowTracking(keras.callbacks.Callback):
     summary and metrics, puts validation metrics at step 0 (mlflow#14293) and
     leaves a crashed run RUNNING. This one records, for every run alike:
 
-    - **params**: fit settings (``fit.*``); the optimizer's full config,
+    - **where**: MLflow's conventions (:mod:`keras_optsuite.callbacks._run_target`).
+      Inside ``with mlflow.start_run():`` the fit logs into that run and
+      leaves ending it to its owner (no end status, no exit hooks), unless
+      ``nested=True`` or ``parent_run_id`` asks for a child run. The
+      experiment is ``experiment``, else the parent's or active run's, else
+      ``mlflow.set_experiment``'s, else ``MLFLOW_EXPERIMENT_NAME`` /
+      ``MLFLOW_EXPERIMENT_ID``, else ``keras-optsuite``. A new run gets the
+      context tags ``mlflow.start_run`` would set (user, source, git commit).
+      MLflow's process-wide state is read, never changed.
+    - **params**: fit settings (``fit.*``: epochs, batch size, steps per
+      epoch, validation split or data and sizes, shuffle, initial epoch,
+      class and sample weights); the loss, metrics and other compile
+      arguments (``compile.*``); the optimizer's full config,
       flattened with dotted keys, wrapped optimizers and learning-rate
       schedules included (``optimizer.*``); trainable and non-trainable
       parameter counts; the rates of keras-optsuite regularization layers
@@ -68,9 +83,12 @@ class MLflowTracking(keras.callbacks.Callback):
       replica count; ``seed``; the versions of Python, TensorFlow, Keras,
       keras-optsuite and MLflow; the git commit of the working directory (also
       the ``mlflow.source.git.commit`` tag). Keys naming credentials
-      (password, token, key, secret) are logged as ``<redacted>``.
-    - **metrics**: every epoch's training and validation metrics at
-      ``step = epoch`` (both at the same step); every ``log_every_n_steps``
+      (password, token, key, secret) are logged as ``<redacted>``. Numbers
+      read as written (Keras's float32 ``0.0010000000474974513`` is logged
+      ``0.001``); options left unset (None) are omitted.
+    - **metrics**, all on one step axis, the optimizer step: every epoch's
+      training and validation metrics at the step that ends the epoch,
+      with ``epoch`` (epochs completed) beside them; every ``log_every_n_steps``
       optimizer steps, the batch metrics as ``batch.<name>``, the learning
       rate applied at that step, ``gradient_norm`` (the L2 norm of the
       gradient summed across replicas, as the optimizer receives it),
@@ -122,13 +140,15 @@ class MLflowTracking(keras.callbacks.Callback):
     ``atexit``).
 
     Args:
-        experiment: the MLflow experiment name (created if missing).
-            Defaults to `"keras-optsuite"`.
+        experiment: the MLflow experiment name (created if missing); None
+            resolves it as MLflow does (see above), falling back to
+            `"keras-optsuite"`. Defaults to `None`.
         run_name: the run's name, or None for MLflow's generated one.
         tags: extra tags for the run.
-        tracking_uri: where to log; None uses ``MLFLOW_TRACKING_URI``, else
-            the embedded store ``sqlite:///mlruns/mlflow.db`` (artifacts in
-            ``mlruns/``).
+        tracking_uri: where to log; None uses the active run's store, else
+            MLflow's (``mlflow.set_tracking_uri``, ``MLFLOW_TRACKING_URI``),
+            else the embedded store ``sqlite:///mlruns/mlflow.db``
+            (artifacts in ``mlruns/``).
         log_every_n_steps: how often batch metrics and telemetry are logged,
             >= 1. Defaults to `10`.
         monitor: the epoch metric that picks the best model. Defaults to
@@ -148,6 +168,13 @@ class MLflowTracking(keras.callbacks.Callback):
             starts a new run every time. Defaults to `None`.
         log_model: log the final and best models as MLflow logged models
             when the run ends FINISHED (about a second each). Defaults to `True`.
+        nested: inside an active run, make a child run of it instead of
+            logging into it. Defaults to `False`.
+        parent_run_id: make the run a child of this run (tag
+            ``mlflow.parentRunId``, in the parent's experiment unless
+            ``experiment`` is given); a pending id of a parent started
+            offline works too (the replay creates the parent first).
+            Defaults to `None`.
 
     Example:
     >>> with MLflowTracking(experiment="digits", run_name="radam") as tracking:
@@ -156,7 +183,7 @@ class MLflowTracking(keras.callbacks.Callback):
 
     def __init__(
         self,
-        experiment: str = "keras-optsuite",
+        experiment: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         tracking_uri: str | None = None,
@@ -169,11 +196,24 @@ class MLflowTracking(keras.callbacks.Callback):
         flush_timeout: float = 10.0,
         backup_dir: str | os.PathLike | None = None,
         log_model: bool = True,
+        nested: bool = False,
+        parent_run_id: str | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(experiment, str) or not experiment:
-            raise ValueError(f"experiment must be a non-empty string, got experiment={experiment!r}")
+        if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
+            raise ValueError(f"experiment must be a non-empty string or None, got experiment={experiment!r}")
+        if parent_run_id is not None and (not isinstance(parent_run_id, str) or not parent_run_id.strip()):
+            raise ValueError(f"parent_run_id must be a run id or None, got parent_run_id={parent_run_id!r}")
+        if not isinstance(nested, bool):
+            raise ValueError(f"nested must be True or False, got nested={nested!r}")
+        if nested and parent_run_id is not None:
+            raise ValueError(
+                f"give nested=True (a child of the active run) or parent_run_id (a child of that run), "
+                f"not both: got nested=True, parent_run_id={parent_run_id!r}"
+            )
         self.experiment = experiment
+        self.nested = nested
+        self.parent_run_id = parent_run_id
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.tracking_uri = tracking_uri
@@ -188,6 +228,7 @@ class MLflowTracking(keras.callbacks.Callback):
         self._resume_state = RunState(backup_dir) if backup_dir is not None else None
         self.log_model = bool(log_model)
         self._run_id: str | None = None
+        self._owns_run = True  # False while logging into a run someone else started (and ends)
         self._creation: dict[str, Any] | None = None  # how a pending run is to be created
         self._journal: Journal | None = None
         self._tracking_uri: str | None = None
@@ -236,21 +277,24 @@ class MLflowTracking(keras.callbacks.Callback):
         if self._active:  # a run left open by an earlier fit that raised
             self._end("FAILED", self._failure or "training stopped without reaching on_train_end")
         self._install_gradient_norm_probe()  # on every worker: the same graph everywhere
-        self._active = is_chief()
-        if not self._active:
+        if not is_chief():
+            self._active = False
             return
-        import mlflow
-
+        # Everything that can fail on bad input (the URI, the experiment, the
+        # parent) is resolved before anything is opened: a mistake fails here,
+        # once, with MLflow's own message, and leaves nothing to clean up.
+        target = resolve_target(self.tracking_uri, self.experiment, self.nested, self.parent_run_id)
         self._ended = False
         self._history, self._best, self._best_step = [], None, 0
         self._last_steps, self._resumes = {}, 0
         self._iterations_at_batch_end = None  # BackupAndRestore may restore the counter after this
-        self._run_id = self._experiment_id = self._creation = None
-        uri = self._tracking_uri = resolve_tracking_uri(self.tracking_uri)
-        self._client = mlflow.MlflowClient(uri)
+        self._run_id = self._creation = None
+        self._experiment_id = target.experiment_id
+        self._owns_run = target.attach_to is None
+        uri = self._tracking_uri = target.tracking_uri
+        self._client = target.client
         journal_path = Path(self.journal_path) if self.journal_path else default_journal_path(uri)
-        journal_path.parent.mkdir(parents=True, exist_ok=True)
-        journal = self._journal = Journal(journal_path)
+        journal = self._journal = Journal(journal_path, tracking_uri=uri)
         online = server_is_reachable(uri)
         saved = self._resume_state.load() if self._resume_state is not None else None
         if saved is not None and saved.get("tracking_uri") != uri:
@@ -260,19 +304,29 @@ class MLflowTracking(keras.callbacks.Callback):
                 stacklevel=2,
             )
             saved = None
-        resumed = saved is not None and (
-            self._reattach(saved, journal) if online else self._continue_offline(saved, journal)
-        )
+        if target.attach_to is not None:
+            resumed = False
+            self._run_id = target.attach_to
+            if saved is not None and saved.get("run_id") == target.attach_to and online:
+                self._restore(saved)  # a restarted job: the steps it logged are not logged again
+                self._last_steps = _logged_steps(self._client, self._run_id)
+        else:
+            resumed = saved is not None and (
+                self._reattach(saved, journal) if online else self._continue_offline(saved, journal)
+            )
         commit = _run_params.git_commit()
-        if not resumed:
-            tags = {**self.tags}
+        if target.attach_to is None and not resumed:
+            tags = _run_params.context_tags(self.tags)
             if commit:
                 tags["mlflow.source.git.commit"] = commit
+            if target.parent_run_id is not None:
+                tags["mlflow.parentRunId"] = target.parent_run_id  # the pending id, if so: mapped on creation
             if online:
-                online = self._create_run(tags)
+                online = self._create_run(target, tags)
             if not online:
                 self._creation = {
-                    "experiment": self.experiment,
+                    "experiment": target.experiment,
+                    "parent_run_id": target.parent_run_id,
                     "run_name": self.run_name,
                     "tags": tags,
                     "start_time": int(time.time() * 1000),
@@ -294,25 +348,46 @@ class MLflowTracking(keras.callbacks.Callback):
         else:
             self._temporary = tempfile.TemporaryDirectory(prefix="optsuite-run-")
             self._directory = Path(self._temporary.name)
+        self._active = True
         if resumed:
             self._sink.set_tags(self._run_id, {"keras_optsuite.resumes": str(self._resumes)})
         else:
-            self._sink.log_params(self._run_id, self._params(commit))
+            self._sink.log_params(self._run_id, self._new_params(self._params(commit), online))
             self._log_input()
         self._save_resume_state()
-        self._install_exit_hooks()
+        if self._owns_run:  # a run someone else started is theirs to end
+            self._install_exit_hooks()
 
-    def _create_run(self, tags: dict[str, str]) -> bool:
+    def _create_run(self, target: _Target, tags: dict[str, str]) -> bool:
         """Create the run now; False (to create it offline) if the server stopped answering meanwhile."""
         try:
-            self._experiment_id = get_or_create_experiment(self._client, self.experiment)
-            run = self._client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
+            experiment_id = target.experiment_id or get_or_create_experiment(self._client, target.experiment)
+            run = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         except Exception:
             if server_is_reachable(self._tracking_uri):
                 raise
             return False
-        self._run_id = run.info.run_id
+        self._run_id, self._experiment_id = run.info.run_id, experiment_id
         return True
+
+    def _new_params(self, params: dict[str, str], online: bool) -> dict[str, str]:
+        """``params`` less those the run already has; a changed value is dropped with a warning.
+
+        Only a run this callback did not create (an active run it logs into)
+        can hold params already: MLflow refuses to change a logged param, so
+        a second fit's different settings are not logged.
+        """
+        if self._owns_run or not online:
+            return params
+        existing = self._client.get_run(self._run_id).data.params
+        changed = sorted(key for key, value in params.items() if key in existing and existing[key] != value)
+        if changed:
+            warnings.warn(
+                f"run {self._run_id} already has params {', '.join(changed)} with other values; "
+                "MLflow params cannot change, so this fit's values are not logged",
+                stacklevel=3,
+            )
+        return {key: value for key, value in params.items() if key not in existing}
 
     def _reattach(self, saved: Mapping[str, Any], journal: Journal) -> bool:
         """Continue the run of ``saved``: False (with a warning) when it is gone."""
@@ -341,10 +416,7 @@ class MLflowTracking(keras.callbacks.Callback):
             warnings.warn(f"run {run_id} was deleted: starting a new run", stacklevel=3)
             return False
         self._run_id, self._experiment_id = run_id, run.info.experiment_id
-        self._last_steps = {
-            key: max(metric.step for metric in self._client.get_metric_history(run_id, key))
-            for key in run.data.metrics
-        }
+        self._last_steps = _logged_steps(self._client, run_id)
         self._client.update_run(run_id, status="RUNNING")
         self._restore(saved)
         return True
@@ -362,7 +434,9 @@ class MLflowTracking(keras.callbacks.Callback):
             creation = saved.get("create_run")
             if not isinstance(creation, dict):
                 return False
-            self._creation = {key: creation.get(key) for key in ("experiment", "run_name", "tags", "start_time")}
+            self._creation = {
+                key: creation.get(key) for key in ("experiment", "parent_run_id", "run_name", "tags", "start_time")
+            }
         self._run_id, self._experiment_id = run_id, saved.get("experiment_id")
         self._last_steps = {str(k): int(v) for k, v in (saved.get("last_steps") or {}).items()}
         ids = {run_id, saved["run_id"], saved.get("record_run_id")}  # a pending id, even once created
@@ -421,7 +495,8 @@ class MLflowTracking(keras.callbacks.Callback):
             with fail_fast_http():  # a stopped server must not hold the exit for minutes
                 self._log_artifacts(failure, logged_models=status == "FINISHED" and self.log_model)
         finally:
-            self._sink.terminate(self._run_id, status)
+            if self._owns_run:
+                self._sink.terminate(self._run_id, status)
             self._sink.flush(self.flush_timeout)
             self._sink.close()
             if self._temporary is not None:
@@ -434,7 +509,12 @@ class MLflowTracking(keras.callbacks.Callback):
         from keras_optsuite.layers import rates
 
         model = self.model
-        params = _run_params.flatten({k: v for k, v in self.params.items() if k != "verbose"}, "fit")
+        params = {"fit.epochs": str(self.params.get("epochs"))}
+        fit = _run_params.fit_settings(model)
+        if fit is None and self.params.get("steps") is not None:  # not called from Keras's fit
+            fit = {"fit.steps_per_epoch": str(self.params["steps"])}
+        params.update(fit or {})
+        params.update(_run_params.compile_settings(model))
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None:
             params.update(_run_params.flatten(keras.optimizers.serialize(optimizer), "optimizer"))
@@ -498,9 +578,13 @@ class MLflowTracking(keras.callbacks.Callback):
         if not self._active:
             return
         logs = dict(logs or {})
-        if all(row["epoch"] != epoch for row in self._history):  # a resumed job may redo an epoch
-            self._history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-        self._log_metrics(logs, epoch)
+        step = self._iterations()
+        completed = epoch + 1  # Keras's "Epoch 1/n" ends here
+        if all(row["epoch"] != completed for row in self._history):  # a resumed job may redo an epoch
+            self._history.append({"epoch": completed, "step": step, **{k: float(v) for k, v in logs.items()}})
+        # One x-axis for every metric: the optimizer step, where the batch
+        # metrics and telemetry are too; `epoch` beside them for the UI.
+        self._log_metrics({**logs, "epoch": completed}, step)
         self._save_if_best(logs)
         self._save_resume_state()
 
@@ -653,9 +737,12 @@ class MLflowTracking(keras.callbacks.Callback):
     def _excepthook(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._failure = "".join(traceback.format_exception(exc_type, exc, tb))
         previous = self._previous_excepthook or sys.__excepthook__
+        interrupted = issubclass(exc_type, KeyboardInterrupt)
         if self._active:
-            self._end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED", self._failure)
+            self._end("KILLED" if interrupted else "FAILED", self._failure)
         previous(exc_type, exc, tb)
+        if interrupted and not (sys.flags.interactive or hasattr(sys, "ps1")):
+            _exit_as_interrupted()
 
     def _at_exit(self) -> None:
         if self._active:
@@ -669,6 +756,23 @@ class MLflowTracking(keras.callbacks.Callback):
             previous(signum, frame)
         else:
             raise SystemExit(128 + signum)
+
+
+def _exit_as_interrupted() -> None:
+    """End the process as Python ends it on an uncaught Ctrl-C: killed by SIGINT (130 in a shell).
+
+    CPython marks an uncaught KeyboardInterrupt with a flag that is cleared
+    whenever C code runs Python through ``PyRun_String`` (Cython modules do;
+    drawing the learning curves at the run's end did), and then the process
+    exited 1, which a scheduler reads as a failure. The atexit handlers run
+    first, as in a normal exit; then SIGINT with its default action.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _learning_rate(optimizer: Any) -> float | None:
@@ -700,7 +804,7 @@ def _optimizer_telemetry(optimizer: Any) -> dict[str, float]:
 
 
 def _write_history(history: list[dict[str, float]], path: Path) -> None:
-    columns = ["epoch"] + sorted({key for row in history for key in row} - {"epoch"})
+    columns = ["epoch", "step"] + sorted({key for row in history for key in row} - {"epoch", "step"})
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -717,7 +821,7 @@ def _plot_history(history: list[dict[str, float]], path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    names = sorted({key for row in history for key in row} - {"epoch"})
+    names = sorted({key for row in history for key in row} - {"epoch", "step"})
     bases = [name for name in names if not name.startswith("val_")]
     columns = max(len(bases), 1)
     figure = Figure(figsize=(4.5 * columns, 3.5))

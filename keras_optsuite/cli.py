@@ -1,4 +1,10 @@
-"""The ``optsuite`` command."""
+"""The ``optsuite`` command.
+
+``--help``, ``--version``, ``list`` and ``launch`` do not import TensorFlow
+(the entry point ``keras_optsuite_cli`` defers the package's ``__init__``);
+every other command imports the whole library first. Keep this module's own
+imports free of TensorFlow: handlers import what they need.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,9 @@ from keras_optsuite._version import __version__
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from keras_optsuite.optimizers import REGISTRY, WRAPPERS
+    from keras_optsuite import _catalog
 
-    for spec in REGISTRY.values():
-        print(f"{spec.registered_name:<42} {spec.family:<18} {spec.paper}")
-    for spec in WRAPPERS.values():
-        print(f"{spec.registered_name:<42} {'wrapper':<18} {spec.paper}")
-    from keras_optsuite.layers import LAYERS, REGULARIZERS
-
-    for spec in [*LAYERS.values(), *REGULARIZERS.values()]:
-        print(f"{spec.registered_name:<42} {spec.kind:<18} {spec.paper}")
+    print(_catalog.render(_catalog.SECTIONS), end="")
     return 0
 
 
@@ -32,26 +31,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_tracking_replay(args: argparse.Namespace) -> int:
-    import mlflow
+    from keras_optsuite.callbacks.replay import replay_journals
 
-    from keras_optsuite.callbacks._journal import Journal
-    from keras_optsuite.callbacks._store import default_journal_path, resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    target = Path(args.journal) if args.journal else default_journal_path(tracking_uri)
-    paths = sorted(target.glob("*.jsonl")) if target.is_dir() else [target]
-    journals = [Journal(path) for path in paths]
-    client = mlflow.MlflowClient(tracking_uri)
-    sent = remaining = rejected = 0
-    for journal in journals:
-        rejected_before = len(journal.rejected())
-        journal_sent, journal_remaining = journal.replay(client)
-        sent, remaining = sent + journal_sent, remaining + journal_remaining
-        rejected += len(journal.rejected()) - rejected_before
-    print(f"sent {sent} records to {tracking_uri}; {remaining} remain in {target}")
-    if rejected:
-        print(f"{rejected} records refused by the store, kept in *.rejected beside the journal")
-    return 1 if remaining else 0
+    results = replay_journals(args.journal, args.tracking_uri)
+    if not results:
+        print("no journal to replay: nothing was spooled")
+        return 0
+    waiting = 0
+    for result in results:
+        waiting += result.remaining
+        if result.tracking_uri is None and result.remaining:
+            print(
+                f"{result.journal}: {result.remaining} records wait for a store this journal does not name; "
+                f"replay them with: optsuite tracking replay --journal {result.journal} --tracking-uri URI"
+            )
+        elif result.sent or result.remaining:
+            print(f"{result.journal}: sent {result.sent} records to {result.tracking_uri}; {result.remaining} remain")
+        if result.rejected:
+            print(f"{result.journal}: {result.rejected} records refused by the store, kept in {result.journal}.rejected")
+    if not waiting:
+        print(f"every journal is replayed ({len(results)} checked)")
+    return 1 if waiting else 0
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
@@ -65,6 +65,17 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return launch(command, workers=args.workers, ps=args.ps, timeout=args.timeout)
 
 
+# Commands that run without importing TensorFlow (nor the rest of the library).
+_LIGHT_HANDLERS = frozenset({_cmd_list, _cmd_launch})
+
+
+def _import_library() -> None:
+    """Finish importing ``keras_optsuite`` if the entry point deferred it."""
+    import keras_optsuite_cli
+
+    keras_optsuite_cli.finish_deferred_imports()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_optsuite.pipelines import demo
 
@@ -75,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    list_parser = commands.add_parser("list", help="list the shipped optimizers, layers and regularizers with their papers")
+    list_parser = commands.add_parser(
+        "list", help="list the shipped optimizers (by family), wrappers, gradient "
+        "transformations, schedules, layers and regularizers with their papers"
+    )
     list_parser.set_defaults(handler=_cmd_list)
 
     demo_parser = commands.add_parser(
@@ -96,11 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument(
         "--journal", default=None,
         help="journal file, or a directory: every *.jsonl in it "
-        "(default: the tracking URI's journal under ./mlruns/journals/)",
+        "(default: every journal under ./mlruns/journals/, each sent to its own store)",
     )
     replay_parser.add_argument(
         "--tracking-uri", default=None,
-        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
+        help="send to this store (default: the store each journal was written for)",
     )
     replay_parser.set_defaults(handler=_cmd_tracking_replay)
 
@@ -125,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.handler not in _LIGHT_HANDLERS:
+        _import_library()
     try:
         return args.handler(args)
     except ValueError as error:

@@ -41,8 +41,15 @@ def _make_optimizer(name: str, learning_rate: float | None = None):
     """A keras-optsuite optimizer (tuned defaults) or a Keras built-in by name."""
     import keras
 
-    from keras_optsuite.optimizers import REGISTRY, get_spec
+    from keras_optsuite.optimizers import REGISTRY, WRAPPERS, get_spec
 
+    wrapper = {key.lower(): spec for key, spec in WRAPPERS.items()}.get(name.split(">", 1)[-1].lower())
+    if wrapper is not None:
+        raise ValueError(
+            f"name={name!r} is a wrapper: it adds one idea to an optimizer it wraps "
+            f"({wrapper.name}(\"adam\") in code), and the demo compares optimizers "
+            f"({', '.join(REGISTRY)}) or Keras built-ins such as 'adam'"
+        )
     overrides = {} if learning_rate is None else {"learning_rate": float(learning_rate)}
     try:
         spec = get_spec(name)

@@ -129,24 +129,27 @@ def _fresh_keras_state():
 
 @pytest.fixture(autouse=True)
 def _mlflow_process_state_restored():
-    """A test that sets MLflow's process-wide state (tracking URI, active runs) leaves none behind.
+    """A test that sets MLflow's process-wide state (tracking URI, experiment, active runs) leaves none behind.
 
-    ``mlflow.set_tracking_uri`` writes ``MLFLOW_TRACKING_URI`` into the
-    environment as well as a module global; both are put back, and runs a
+    ``mlflow.set_tracking_uri`` and ``mlflow.set_experiment`` write the
+    environment as well as module globals; both are put back, and runs a
     test left active are ended, so the next test on this worker starts clean.
     """
+    from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    environment = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = tracking_utils._tracking_uri
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    environment = {name: os.environ.get(name) for name in names}
+    uri, experiment_id = tracking_utils._tracking_uri, fluent._active_experiment_id
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run()
-    tracking_utils._tracking_uri = uri
-    if environment is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = environment
+    tracking_utils._tracking_uri, fluent._active_experiment_id = uri, experiment_id
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -73,13 +73,28 @@ def _check_complete_record(client, run_id, model, history, digits):
     assert params["regularization.drop.rate"] == "0.125"
     assert params["distribution.replicas"] == "1"
     assert params["version.keras"] == keras.__version__
-    # metrics: each epoch's train and validation values at step = epoch
+    # the fit and compile settings
+    train_samples = int(np.floor(0.75 * len(digits[0])))  # Keras's validation_split
+    steps_per_epoch = int(np.ceil(train_samples / BATCH))
+    assert params["fit.batch_size"] == str(BATCH) and params["fit.steps_per_epoch"] == str(steps_per_epoch)
+    assert params["fit.validation"] == "split" and params["fit.validation_split"] == "0.25"
+    assert params["fit.train_samples"] == str(train_samples)
+    assert params["fit.validation_samples"] == str(len(digits[0]) - train_samples)
+    assert params["fit.initial_epoch"] == "0" and params["fit.sample_weight"] == "false"
+    assert params["compile.loss.class_name"] == "SparseCategoricalCrossentropy"
+    assert params["compile.metrics"] == '["accuracy"]'
+    assert params["optimizer.learning_rate"] == "0.001", "as written, not float32 noise"
+    assert params["distribution.strategy"] == "one device"
+    assert "None" not in params.values(), "unset options are omitted"
+    # metrics, all on one axis (optimizer steps): each epoch's train and validation values at
+    # the step that ends it, with the epoch beside them
+    epoch_ends = [steps_per_epoch * (epoch + 1) for epoch in range(EPOCHS)]
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         logged = _metric(client, run_id, key)
-        assert [step for step, _ in logged] == list(range(EPOCHS)), key
+        assert [step for step, _ in logged] == epoch_ends, key
         np.testing.assert_allclose([v for _, v in logged], history.history[key], rtol=1e-6)
+    assert _metric(client, run_id, "epoch") == [(step, epoch + 1) for epoch, step in enumerate(epoch_ends)]
     # batch metrics and telemetry every EVERY optimizer steps
-    steps_per_epoch = int(np.ceil(np.floor(0.75 * len(digits[0])) / BATCH))
     expected_steps = [s for s in range(1, EPOCHS * steps_per_epoch + 1) if s % EVERY == 0]
     for key in ("batch.loss", "learning_rate", "gradient_norm", "update_norm", "update_to_weight_ratio"):
         assert [step for step, _ in _metric(client, run_id, key)] == expected_steps, key
@@ -190,7 +205,7 @@ def test_failure_inside_the_context_ends_the_run_failed_with_its_traceback(digit
     assert client.get_run(tracking.run_id).info.status == "FAILED"
     text = Path(client.download_artifacts(tracking.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "loss went to the moon" in text
-    assert [s for s, _ in _metric(client, tracking.run_id, "loss")] == [0, 1], "metrics up to the failure"
+    assert [value for _, value in _metric(client, tracking.run_id, "epoch")] == [1, 2], "metrics up to the failure"
 
 
 def test_keyboard_interrupt_ends_the_run_killed(digits, tmp_path, monkeypatch):
@@ -344,8 +359,8 @@ def test_an_unreachable_server_at_the_start_does_not_stop_training_and_names_it(
     assert [r["kind"] for r in records[-2:]] == ["artifacts", "terminate"] and records[-1]["status"] == "FINISHED"
     assert sorted(p.name for p in Path(records[-2]["directory"]).rglob("*") if p.is_file()) == sorted([
         "best.keras", "final.keras", "history.csv", "learning_curves.png", "model_summary.txt", "optimizer.json"])
-    epochs = [m[3] for r in records if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "val_loss"]
-    assert epochs == list(range(EPOCHS))
+    epochs = [m[1] for r in records if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "epoch"]
+    assert epochs == list(range(1, EPOCHS + 1))
 
 
 def _replay(uri, journal_path, capsys):
@@ -392,7 +407,7 @@ def test_an_outage_at_the_start_or_at_the_end_is_replayed_into_one_complete_run(
     assert _unsent_files(journal_path) == [], "uploaded copies are deleted"
 
     status, output = _replay(uri, journal_path, capsys)  # again: nothing to send, no second run
-    assert status == 0 and "sent 0 records" in output
+    assert status == 0 and "every journal is replayed" in output
     assert len(_runs(client, "outage-at-the-start")) == 1 and len(_runs(client, "outage-at-the-end")) == 1
 
 
@@ -469,11 +484,13 @@ def _check_resumed_run(client, tracking, resumes):
     for key in ("batch.loss", "learning_rate", "gradient_norm", "update_norm"):
         logged = [m.step for m in client.get_metric_history(tracking.run_id, key)]
         assert sorted(logged) == list(range(EVERY, steps + 1, EVERY)), f"{key}: every step exactly once"
-    for key in ("loss", "val_loss", "accuracy"):
+    epoch_ends = list(range(steps // EPOCHS, steps + 1, steps // EPOCHS))
+    for key in ("loss", "val_loss", "accuracy", "epoch"):
         logged = [m.step for m in client.get_metric_history(tracking.run_id, key)]
-        assert sorted(logged) == list(range(EPOCHS)), f"{key}: every epoch exactly once"
+        assert sorted(logged) == epoch_ends, f"{key}: every epoch exactly once"
     history = client.download_artifacts(tracking.run_id, "history.csv")
-    assert [line.split(",")[0] for line in Path(history).read_text().splitlines()[1:]] == ["0", "1", "2"]
+    rows = [line.split(",")[:2] for line in Path(history).read_text().splitlines()[1:]]
+    assert rows == [[str(epoch + 1), str(step)] for epoch, step in enumerate(epoch_ends)]
     assert not Path(tracking._resume_state.directory).exists(), "a FINISHED run leaves nothing to resume"
 
 

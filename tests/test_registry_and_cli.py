@@ -132,7 +132,16 @@ def test_demo_trains_every_requested_optimizer_and_writes_its_report(tmp_path):
 
 
 def test_demo_rejects_an_unknown_optimizer_by_name(tmp_path):
-    result = _optsuite("demo", "--optimizers", "Nope", "--output-dir", str(tmp_path))
+    # -X importtime: a command that trains imports the whole library (the
+    # positive control of tests/test_cli_startup.py, which checks the others do not).
+    exe = Path(sys.executable).with_name("optsuite")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(exe), "demo", "--optimizers", "Nope",
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=600,
+    )
     assert result.returncode == 2
     assert "name='Nope'" in result.stderr
     assert not (tmp_path / "results.json").exists()
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"tensorflow", "keras", "keras_optsuite.layers.registry"} <= imported

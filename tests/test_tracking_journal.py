@@ -583,7 +583,8 @@ def test_cli_replays_every_journal_of_a_directory(tmp_path, shared_embedded_trac
             journal.append(metric_record(run_id, step))
     arguments = ["tracking", "replay", "--journal", str(tmp_path / "journals")]
     assert cli.main([*arguments, "--tracking-uri", shared_embedded_tracking_uri]) == 0
-    assert "sent 5 records" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "sent 2 records" in output and "sent 3 records" in output
     assert [steps_of(client, run_id)[0] for run_id in run_ids] == [[0, 1], [0, 1, 2]]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import warnings
 from typing import Any, Callable, ClassVar, Sequence
 
 import keras
@@ -216,9 +217,31 @@ class LearningRateFree:
     """Optimizers that estimate their own step size (mixed into optimizers).
 
     ``learning_rate`` multiplies the estimate (keep the default 1.0, or use a
-    warmup or decay schedule on top of it); ``estimated_step_size`` is the
-    step size the method currently uses, for callbacks to log.
+    warmup or decay schedule on top of it); a float below
+    ``SMALL_LEARNING_RATE`` gets a ``UserWarning`` naming it.
+    ``estimated_step_size`` is the step size the method currently uses, for
+    callbacks to log.
     """
+
+    #: A float ``learning_rate`` below this is almost surely a step size
+    #: meant for Adam (1e-3, 3e-4): here it shrinks every estimated step.
+    SMALL_LEARNING_RATE: ClassVar[float] = 0.1
+
+    def __init__(self, learning_rate: Any = 1.0, **kwargs: Any) -> None:
+        if (
+            isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool)
+            and 0 <= learning_rate < self.SMALL_LEARNING_RATE
+        ):
+            name = type(self).__name__
+            warnings.warn(
+                f"{name}(learning_rate={learning_rate!r}): {name} estimates its own step size "
+                "and learning_rate multiplies that estimate (it is not the step size), so every "
+                f"step is scaled by {learning_rate!r} and training barely moves. Keep "
+                "learning_rate=1.0 (put a warmup or decay schedule on it if you want one).",
+                UserWarning,
+                stacklevel=3,  # the line that constructed the optimizer
+            )
+        super().__init__(learning_rate=learning_rate, **kwargs)
 
     @property
     def estimated_step_size(self) -> float:

@@ -21,7 +21,9 @@ where Keras's own options are not:
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import difflib
+import inspect
+from typing import Any, ClassVar, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -29,12 +31,28 @@ from keras import ops
 from keras.src.backend.tensorflow.optimizer import TFOptimizer
 from keras.src.saving import serialization_lib
 
-from keras_optsuite._config import own_config
+from keras_optsuite._config import own_arg_names, own_config
 from keras_optsuite.optimizers._base import SlotState
 from keras_optsuite.schedules._base import set_learning_rate
 
 # Arguments every wrapper handles itself (not part of its own config).
 _WRAPPER_ARGS = frozenset({"self", "inner", "name", "kwargs"})
+
+
+def _keras_optimizer_arguments() -> frozenset[str]:
+    """The options every Keras optimizer takes (``weight_decay``, ``clipnorm``, ...)."""
+    names: set[str] = set()
+    for klass in keras.optimizers.Optimizer.__mro__:
+        if "__init__" in vars(klass):
+            names.update(
+                p.name for p in inspect.signature(klass.__init__).parameters.values()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            )
+    return frozenset(names - {"self", "name"})
+
+
+# Keras options that act on the gradient or the step: they belong on the inner optimizer.
+_KERAS_OPTIMIZER_ARGS = _keras_optimizer_arguments()
 
 if not hasattr(TFOptimizer, "_all_reduce_sum_gradients"):  # pragma: no cover
     raise ImportError(
@@ -136,18 +154,38 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
     ``applied_updates(wrapper)`` counts the updates that reached the weights.
     """
 
+    #: How to build one, shown when a name or config without ``inner`` is
+    #: deserialized (``"{cls}"`` is the class name); it must run as written.
+    construction_example: ClassVar[str] = '{cls}("adam")'
+
     def __init__(self, inner: Any, name: str | None = None, **kwargs: Any) -> None:
         if kwargs:
-            names = ", ".join(sorted(kwargs))
-            raise ValueError(
-                f"{type(self).__name__} does not take {names}: set them on the inner "
-                "optimizer, where they apply to the gradient this wrapper hands it"
-            )
+            self._reject_arguments(kwargs)
         inner = _resolve_inner(inner)
         super().__init__(learning_rate=0.0, name=name)
         self.inner = inner
         self._sums_gradients = True
         _take_over_gradient_sum(inner)
+
+    @classmethod
+    def _reject_arguments(cls, kwargs: dict[str, Any]) -> None:
+        valid = own_arg_names(cls)
+        unknown = sorted(set(kwargs) - _KERAS_OPTIMIZER_ARGS)
+        if unknown:
+            described = []
+            for argument in unknown:
+                close = difflib.get_close_matches(argument, valid, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                described.append(f"{argument}={kwargs[argument]!r}{hint}")
+            raise ValueError(
+                f"{cls.__name__} got unknown argument{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(described)}; its arguments are {', '.join(valid)}"
+            )
+        names = ", ".join(sorted(kwargs))
+        raise ValueError(
+            f"{cls.__name__} does not take {names}: set them on the inner "
+            "optimizer, where they apply to the gradient this wrapper hands it"
+        )
 
     # -- delegation --------------------------------------------------------
     @property
@@ -255,6 +293,16 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> OptimizerWrapper:
         config = dict(config)
+        if "inner" not in config:
+            # keras.optimizers.get("keras_optsuite>Lookahead") and
+            # compile(optimizer="keras_optsuite>Lookahead") arrive here with {}.
+            example = cls.construction_example.format(cls=cls.__name__)
+            raise ValueError(
+                f"{cls.__name__} wraps another optimizer and has no default one, so "
+                f"inner is required: the name {keras.saving.get_registered_name(cls)!r} "
+                f"alone cannot build it. Build it in code, e.g. {example}, and pass that "
+                "object to compile(optimizer=...)"
+            )
         inner = serialization_lib.deserialize_keras_object(
             config.pop("inner"), custom_objects=custom_objects
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import keras
@@ -28,6 +29,8 @@ class Chain(OptimizerWrapper):
         name: name of the optimizer.
     """
 
+    construction_example = 'chain(ClipByGlobalNorm(1.0), "adam")'
+
     def __init__(
         self,
         inner: Any,
@@ -43,6 +46,19 @@ class Chain(OptimizerWrapper):
                     f"transforms[{i}] must be a GradientTransformation, got {transform!r}"
                 )
         self.transforms = transforms
+
+    def _build_state(self, var_list: list) -> None:
+        # A pattern that matches nothing excludes nothing: say so once, at build.
+        paths = ", ".join(repr(getattr(v, "path", None) or v.name) for v in var_list[:4])
+        for transform in self.transforms:
+            for pattern in transform.unmatched_exclusions(var_list):
+                warnings.warn(
+                    f"{type(transform).__name__}(exclude=...): pattern {pattern!r} matches "
+                    f"none of the {len(var_list)} variables, so it excludes nothing. Patterns "
+                    f"are regexes searched in variable paths, such as {paths}",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     def _apply_summed(self, grads: list, variables: list) -> None:
         for transform in self.transforms:

@@ -50,6 +50,10 @@ class GradientTransformation:
             for g, v in zip(grads, variables)
         ]
 
+    def unmatched_exclusions(self, variables: Sequence[Any]) -> list[str]:
+        """The ``exclude`` patterns that match none of ``variables`` (likely typos)."""
+        return [p for p in self.exclude if not any(matches_any(v, (p,)) for v in variables)]
+
     def transform(self, gradient: Any, variable: Any) -> Any:
         """The new gradient of one variable (override, or override ``__call__``)."""
         raise NotImplementedError
