@@ -51,6 +51,12 @@ def _children(client, parent):
     return {run.data.tags["keras_optsuite.trial_id"]: run for run in runs}
 
 
+def _epochs(client, run_id):
+    """The epochs at which val_loss was logged (MLflowTracking logs ``epoch`` beside it), in step order."""
+    epochs = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
+    return [epochs[m.step] for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
+
+
 def _text(client, run_id, path, directory):
     return open(client.download_artifacts(run_id, path, str(directory))).read()
 
@@ -92,8 +98,7 @@ def test_random_search_is_one_parent_run_with_one_child_per_trial(random_search,
         for key, value in searched.items():
             assert value == str(hp.values[key[3:]])
         # the full MLflowTracking record inside, validation metrics at their epoch
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-        assert steps == list(range(EPOCHS))
+        assert _epochs(client, run.info.run_id) == list(range(1, EPOCHS + 1))
         assert "optimizer.name" in run.data.params or any(k.startswith("optimizer.") for k in run.data.params)
         assert float(run.data.tags["keras_optsuite.trial_score"]) == pytest.approx(trials[trial_id].score)
     table = list(csv.DictReader(io.StringIO(_text(client, tuner.parent_run_id, "results.csv", tmp_path))))
@@ -262,8 +267,8 @@ def test_hyperband_continues_trials_in_their_run_with_bookkeeping_as_tags(
         assert run.data.tags["keras_optsuite.trial_id"] == trial_id
         assert run.data.tags["tuner/trial_id"] == previous
         assert run.data.tags["tuner/epochs"] == str(values["tuner/epochs"])
-        steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
-        assert sorted(steps) == list(range(values["tuner/epochs"])), "the epochs of both trials, once each"
+        assert _epochs(client, run_id) == list(range(1, values["tuner/epochs"] + 1)), (
+            "the epochs of both trials, once each")
     for run in runs.values():
         assert run.info.status == "FINISHED"
         assert not any("tuner/" in key for key in run.data.params), "bookkeeping values are not params"
@@ -307,8 +312,8 @@ def test_a_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(t
         assert run.info.end_time < restarted and "keras_optsuite.resumes" not in run.data.tags
     run = children[interrupted]
     assert run.info.status == "FINISHED" and run.data.tags["keras_optsuite.resumes"] == "1"
+    assert _epochs(client, run.info.run_id) == list(range(1, tuning_search.EPOCHS + 1)), "every epoch once"
     history = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
-    assert [m.step for m in history] == list(range(tuning_search.EPOCHS)), "every epoch once"
     # epoch 0 finished before the kill; the resumed trial went on from epoch 1
     assert history[0].timestamp < restarted <= history[1].timestamp
     assert all(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())

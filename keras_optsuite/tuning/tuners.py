@@ -296,7 +296,7 @@ class _TrackedTuner:
         trial_id = str(trial.trial_id)
         family = hp.values.get(OPTIMIZER)
         bookkeeping = {k: str(v) for k, v in hp.values.items() if k.startswith(BOOKKEEPING_PREFIX)}
-        tags = {"mlflow.parentRunId": self.parent_run_id, TAG + "trial_id": trial_id, **bookkeeping}
+        tags = {TAG + "trial_id": trial_id, **bookkeeping}
         backup_dir = None
         if "tuner/epochs" in hp.values:  # Hyperband: a continued trial continues its run
             previous = str(hp.values.get("tuner/trial_id") or "")
@@ -319,6 +319,7 @@ class _TrackedTuner:
             tracking_uri=self._uri,
             log_model=False,
             backup_dir=backup_dir,
+            parent_run_id=self.parent_run_id,
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if "tuner/epochs" in hp.values:
@@ -332,7 +333,8 @@ class _TrackedTuner:
                 return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
         except BaseException:
             if tracking.run_id is None:  # failed before fit started: still a FAILED child run
-                run = self._client.create_run(self._experiment_id, run_name=tracking.run_name, tags=tags)
+                run = self._client.create_run(self._experiment_id, run_name=tracking.run_name,
+                                              tags={**tags, "mlflow.parentRunId": self.parent_run_id})
                 self._log_text(run.info.run_id, "traceback.txt", traceback.format_exc())
                 self._client.set_terminated(run.info.run_id, "FAILED")
                 self.child_runs[trial_id] = run.info.run_id
