@@ -59,6 +59,64 @@ from keras_optsuite.optimizers.schedule_free import (
     ScheduleFreeSGD,
 )
 
+SCALES = ("log", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class Searchable:
+    """One hyperparameter a tuner may search: its range, scale and default.
+
+    Attributes:
+        name: the constructor argument it sets (``"learning_rate"``).
+        low: the smallest value searched.
+        high: the largest value searched (``low < high``).
+        scale: ``"log"`` (sampled uniformly in ``log(value)``; ``low > 0``)
+            or ``"linear"``.
+        default: the value tried first. None means the constructor's own
+            default (the documented one), which
+            :meth:`OptimizerSpec.search_defaults` reads from the class.
+        integer: search integers (``hp.Int``) instead of floats.
+
+    Example:
+    >>> Searchable("learning_rate", 1e-4, 1e-1).scale
+    'log'
+    """
+
+    name: str
+    low: float
+    high: float
+    scale: str = "log"
+    default: float | None = None
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got name={self.name!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale of {self.name!r} must be one of {SCALES}, got scale={self.scale!r}")
+        if not self.low < self.high:
+            raise ValueError(
+                f"the range of {self.name!r} is empty: low={self.low!r} must be < high={self.high!r}"
+            )
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got low={self.low!r} for {self.name!r}")
+        if self.default is not None and not self.low <= self.default <= self.high:
+            raise ValueError(
+                f"default={self.default!r} of {self.name!r} is outside [{self.low!r}, {self.high!r}]"
+            )
+
+
+def _lr(low: float = 1e-4, high: float = 1e-1, default: float | None = None) -> Searchable:
+    return Searchable("learning_rate", low, high, "log", default)
+
+
+def _linear(name: str, low: float, high: float, default: float | None = None) -> Searchable:
+    return Searchable(name, low, high, "linear", default)
+
+
+#: The first-moment decay range most Adam-like rows search.
+_BETA_1 = _linear("beta_1", 0.8, 0.99)
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec(NamedByClass):
@@ -78,6 +136,10 @@ class OptimizerSpec(NamedByClass):
             with the reason and where its own behaviour is tested instead
             (keys are names in ``tests/test_optimizer_contract.py``'s
             ``EXCLUDABLE_CHECKS``).
+        search_space: the hyperparameters a tuner searches
+            (``keras_optsuite.tuning.optimizer_space``), each with its range,
+            scale and default. Learning-rate-free methods search none for the
+            learning rate.
     """
 
     cls: type
@@ -88,6 +150,12 @@ class OptimizerSpec(NamedByClass):
     tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
     exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
+    search_space: tuple[Searchable, ...] = ()
+
+    def search_defaults(self) -> dict[str, Any]:
+        """``{name: default}`` of :attr:`search_space` (the constructor's when not given)."""
+        constructor = self.defaults
+        return {p.name: constructor[p.name] if p.default is None else p.default for p in self.search_space}
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -128,6 +196,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/1908.03265", "radam",
             {"learning_rate": 0.01},
             ({"sma_threshold": 4.0},),
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             AdaBelief, "adam",
@@ -135,6 +204,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/2010.07468", "adabelief",
             {"learning_rate": 0.01},
             ({"amsgrad": True}, {"rectify": True}, {"rectify": True, "amsgrad": True}),
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             Yogi, "adam",
@@ -142,6 +212,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://papers.nips.cc/paper/8186-adaptive-methods-for-nonconvex-optimization",
             "yogi",
             {"learning_rate": 0.01},
+            search_space=(_lr(1e-3, 1.0), _BETA_1),
         ),
         OptimizerSpec(
             LazyAdam, "adam",
@@ -153,12 +224,14 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 "sparse_matches_dense": "LazyAdam updates only the rows in the batch by design; "
                 "tests/test_lazy_adam.py checks its sparse update against a NumPy reference",
             },
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             Adan, "adam",
             "Xie et al. 2022, Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models",
             "https://arxiv.org/abs/2208.06677", "adan",
             {"learning_rate": 0.01},
+            search_space=(_lr(), _linear("beta_1", 0.9, 0.99)),
         ),
         OptimizerSpec(
             ADOPT, "adam",
@@ -166,6 +239,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/2411.02853", "adopt",
             {"learning_rate": 0.01},
             ({"clip_exponent": None},),
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             AdEMAMix, "adam",
@@ -173,18 +247,21 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/2409.03137", "ademamix",
             {"learning_rate": 0.005, "alpha_warmup_steps": 200, "beta_3_warmup_steps": 200},
             ({"alpha_warmup_steps": 10, "beta_3_warmup_steps": 20},),
+            search_space=(_lr(), _linear("alpha", 1.0, 10.0)),
         ),
         OptimizerSpec(
             QHAdam, "adam",
             "Ma and Yarats 2019, Quasi-hyperbolic momentum and Adam for deep learning",
             "https://arxiv.org/abs/1810.06801", "qhadam",
             {"learning_rate": 0.01},
+            search_space=(_lr(), _linear("nu_1", 0.5, 1.0)),
         ),
         OptimizerSpec(
             QHM, "momentum",
             "Ma and Yarats 2019, Quasi-hyperbolic momentum and Adam for deep learning",
             "https://arxiv.org/abs/1810.06801", "qhm",
             {"learning_rate": 0.5, "momentum": 0.9},
+            search_space=(_lr(1e-3, 1.0), _linear("nu", 0.5, 1.0)),
         ),
         OptimizerSpec(
             AggMo, "momentum",
@@ -192,12 +269,14 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/1804.00325", "aggmo",
             {"learning_rate": 0.05},
             ({"betas": (0.5, 0.75)},),
+            search_space=(_lr(1e-3, 1.0),),
         ),
         OptimizerSpec(
             LaProp, "adam",
             "Ziyin, Wang and Ueda 2020, LaProp: Separating Momentum and Adaptivity in Adam",
             "https://arxiv.org/abs/2002.04839", "laprop",
             {"learning_rate": 0.01},
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             MADGRAD, "dual-averaging",
@@ -205,6 +284,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "Dual Averaged Gradient Method for Stochastic Optimization",
             "https://arxiv.org/abs/2101.11075", "madgrad",
             {"learning_rate": 0.01},
+            search_space=(_lr(1e-3, 1e-1), _linear("momentum", 0.5, 0.99)),
         ),
         OptimizerSpec(
             Shampoo, "preconditioned",
@@ -223,6 +303,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
              {"block_size": 2, "grafting": "sgd", "beta_1": 0.0, "precondition_frequency": 3},
              {"grafting": None, "statistics_decay": 0.5, "max_preconditioner_dim": 3,
               "exponent_override": 2, "start_preconditioning_step": 1}),
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             SOAP, "preconditioned",
@@ -237,6 +318,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             ({"precondition_frequency": 1, "shampoo_beta": 1.0},
              {"block_size": 3, "precondition_frequency": 3, "beta_2": 0.999},
              {"max_preconditioner_dim": 3, "beta_1": 0.0}),
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             AdaHessian, "hessian",
@@ -251,6 +333,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 "(with decoupled weight decay, a learning-rate schedule and clipnorm), the Hutchinson "
                 "estimator and both Hessian-vector-product modes on Embedding (densified) gradients"
             ),
+            search_space=(_lr(1e-2, 1.0),),
         ),
         OptimizerSpec(
             Sophia, "hessian",
@@ -272,6 +355,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 "clipnorm, refresh every k steps, both clip branches) and the estimators' "
                 "expectations; Embedding gradients are densified (dense state, as AdaHessian)"
             ),
+            search_space=(_lr(1e-5, 1e-2), Searchable("rho", 0.01, 1.0)),
         ),
         OptimizerSpec(
             LBFGS, "quasi-newton",
@@ -286,6 +370,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 "the iterations against tests/references/lbfgs.py, the strong-Wolfe conditions, "
                 "learning-rate schedules and the convex optimum of scipy's L-BFGS-B through model.fit"
             ),
+            search_space=(Searchable("history_size", 3, 20, "linear", integer=True),),
         ),
         OptimizerSpec(
             Ranger, "adam",
@@ -293,6 +378,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://github.com/lessw2020/Ranger-Deep-Learning-Optimizer", "ranger",
             {"learning_rate": 0.01},
             ({"sync_period": 4, "slow_step_size": 0.75, "beta_1": 0.9},),
+            search_space=(_lr(), _linear("slow_step_size", 0.3, 0.8)),
         ),
         OptimizerSpec(
             Signum, "sign",
@@ -300,6 +386,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/1802.04434", "signum",
             {"learning_rate": 0.002},
             ({"momentum": 0.0},),
+            search_space=(_lr(1e-5, 1e-2), _linear("momentum", 0.0, 0.99)),
         ),
         OptimizerSpec(
             LARS, "layer-wise",
@@ -307,6 +394,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/1708.03888", "lars",
             {"learning_rate": 5.0},
             ({"weight_decay": 2.0**-4}, {"momentum": 0.5, "trust_coefficient": 2.0**-3}),
+            search_space=(_lr(0.1, 10.0), Searchable("trust_coefficient", 1e-4, 1e-2)),
         ),
         OptimizerSpec(
             NovoGrad, "layer-wise",
@@ -315,6 +403,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/1905.11286", "novograd",
             {"learning_rate": 0.01},
             ({"grad_averaging": True}, {"weight_decay": 2.0**-4, "beta_1": 0.875, "beta_2": 0.9375}),
+            search_space=(_lr(1e-3, 1e-1), _BETA_1),
         ),
         OptimizerSpec(
             COCOB, "learning-rate-free",
@@ -322,6 +411,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/1705.07795", "cocob",
             {"learning_rate": 1.0},
             ({"alpha": 8.0},),
+            search_space=(Searchable("alpha", 10.0, 1000.0),),
         ),
         OptimizerSpec(
             Prodigy, "learning-rate-free",
@@ -331,6 +421,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             ({"d0": 2.0**-10, "growth_rate": 2.0, "beta_3": 0.875},
              {"use_bias_correction": True, "safeguard_warmup": True, "d_coef": 4.0, "d0": 2.0**-10},
              {"weight_decay": 2.0**-4}),
+            search_space=(Searchable("d_coef", 0.1, 10.0),),
         ),
         OptimizerSpec(
             DAdaptAdam, "learning-rate-free",
@@ -341,6 +432,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 0.5},
             ({"d0": 2.0**-10, "growth_rate": 2.0}, {"use_bias_correction": True},
              {"weight_decay": 2.0**-4}),
+            search_space=(_BETA_1,),
         ),
         OptimizerSpec(
             ScheduleFreeSGD, "schedule-free",
@@ -349,6 +441,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 0.5},
             ({"momentum": 0.5, "warmup_steps": 5, "weight_lr_power": 1.0},
              {"weight_decay": 2.0**-4}),
+            search_space=(_lr(1e-2, 10.0), _linear("momentum", 0.5, 0.99)),
         ),
         OptimizerSpec(
             ScheduleFreeAdamW, "schedule-free",
@@ -356,6 +449,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/2405.15682", "schedule_free_adamw",
             {"learning_rate": 0.01},
             ({"warmup_steps": 5}, {"weight_decay": 2.0**-4, "warmup_steps": 3, "weight_lr_power": 1.0}),
+            search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             ScheduleFreeRAdam, "schedule-free",
@@ -364,6 +458,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "https://arxiv.org/abs/2405.15682", "schedule_free_radam",
             {"learning_rate": 0.01},
             ({"silent_sgd_phase": False}, {"weight_decay": 2.0**-4, "sma_threshold": 5.0}),
+            search_space=(_lr(), _BETA_1),
         ),
     ]
 }

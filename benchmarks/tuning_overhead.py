@@ -1,0 +1,119 @@
+"""Seconds per trial a tracked search spends outside training: ours vs plain Keras Tuner.
+
+The same ``OptimizerHyperModel`` (an MLP 64 -> 64 -> 10 on scikit-learn's
+digits, ``optimizers=["Adam", "RAdam"]``, 2 epochs of 1,437 samples at batch
+64) is searched by ``keras_tuner.RandomSearch`` and by
+``keras_optsuite.tuning.RandomSearch`` (one embedded SQLite store in a
+temporary directory, created by an untimed warm-up search), alternately, ``--rounds`` times each, ``--trials`` trials per
+search.
+
+Per search: **wall s** is ``search()`` end to end; **training s** is the
+sum over trials of the time from the first epoch's start to the last
+epoch's end (a callback listed first sees both); **outside s / trial** is
+``(wall - training) / trials``: building and compiling the model, Keras
+Tuner's bookkeeping and checkpoints, and for ours the MLflow child run's
+creation, params, end-of-run artifacts (``MLflowTracking``: final/best
+``.keras``, summary, history, curves), the parent run's per-trial updates and
+its end (results table, plots, best logged model, spread over the trials).
+Per-epoch logging inside training is in **training s**. Median over rounds.
+
+    .venv/bin/python benchmarks/tuning_overhead.py [--rounds 3] [--trials 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import keras  # noqa: E402
+import keras_tuner  # noqa: E402
+import mlflow  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+import keras_optsuite  # noqa: E402,F401
+from keras_optsuite import tuning  # noqa: E402
+
+EPOCHS = 2
+BATCH = 64
+
+
+class TrainingTime(keras.callbacks.Callback):
+    """Adds the time from the first epoch's start to the last epoch's end to ``total``."""
+
+    total = [0.0]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "_start"):
+            self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._end = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        TrainingTime.total[0] += self._end - self._start
+
+
+def _build(hp):
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+
+
+def run(kind: str, directory: str, trials: int, data, tracking_uri: str) -> tuple[float, float]:
+    (x, y), validation = data
+    hypermodel = tuning.OptimizerHyperModel(
+        _build, keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizers=["Adam", "RAdam"])
+    common = dict(objective="val_loss", max_trials=trials, seed=1, directory=directory, project_name=kind,
+                  overwrite=True)
+    if kind == "keras_tuner":
+        tuner = keras_tuner.RandomSearch(hypermodel, **common)
+    else:
+        tuner = tuning.RandomSearch(hypermodel, experiment="overhead",
+                                    tracking_uri=tracking_uri, **common)
+    TrainingTime.total[0] = 0.0
+    start = time.perf_counter()
+    tuner.search(x, y, validation_data=validation, epochs=EPOCHS, batch_size=BATCH, verbose=0,
+                 callbacks=[TrainingTime()])
+    wall = time.perf_counter() - start
+    return wall, TrainingTime.total[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=6)
+    arguments = parser.parse_args()
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    data = ((x[:1437], y[:1437]), (x[1437:], y[1437:]))
+    results: dict[str, list[tuple[float, float]]] = {"keras_tuner": [], "keras_optsuite": []}
+    with tempfile.TemporaryDirectory(prefix="tuning-overhead-") as directory:
+        # One store for every search, as a user has: creating its schema (5 s on SQLite) is untimed.
+        uri = f"sqlite:///{directory}/mlruns/mlflow.db"
+        run("keras_optsuite", os.path.join(directory, "warmup"), 2, data, uri)
+        for round_ in range(arguments.rounds):
+            for kind in results:
+                results[kind].append(run(kind, os.path.join(directory, f"{kind}-{round_}"), arguments.trials,
+                                         data, uri))
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, keras-tuner {keras_tuner.__version__}, "
+          f"MLflow {mlflow.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs; "
+          f"{arguments.trials} trials x {EPOCHS} epochs, median of {arguments.rounds}")
+    print("| tuner | wall s | training s | outside s / trial |")
+    print("|---|---:|---:|---:|")
+    for kind, rows in results.items():
+        wall = statistics.median(w for w, _ in rows)
+        training = statistics.median(t for _, t in rows)
+        outside = statistics.median((w - t) / arguments.trials for w, t in rows)
+        name = "keras_tuner.RandomSearch" if kind == "keras_tuner" else "keras_optsuite.tuning.RandomSearch"
+        print(f"| {name} | {wall:.2f} | {training:.2f} | {outside:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Tracked Keras Tuner searches (keras_optsuite.tuning) on a real MLflow store and server.
+
+Each search runs once per module (fixtures) and several tests read its record.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import keras
+import keras_tuner
+import mlflow
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import keras_optsuite  # noqa: F401
+from keras_optsuite.tuning import (
+    FAMILIES,
+    GridSearch,
+    Hyperband,
+    MedianPruning,
+    OptimizerHyperModel,
+    RandomSearch,
+)
+
+pytestmark = pytest.mark.xdist_group("tuning")
+
+FAMILIES_SEARCHED = ["Adam", "RAdam", "Prodigy", "SGDMomentum"]
+TRIALS = 6
+EPOCHS = 3
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    return (x[:1200], y[:1200]), (x[1200:], y[1200:])
+
+
+def _mlp(hp):
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="tanh"),
+                             keras.layers.Dense(10)])
+
+
+def _children(client, parent):
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'", max_results=100)
+    return {run.data.tags["keras_optsuite.trial_id"]: run for run in runs}
+
+
+def _epochs(client, run_id):
+    """The epochs at which val_loss was logged (MLflowTracking logs ``epoch`` beside it), in step order."""
+    epochs = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
+    return [epochs[m.step] for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
+
+
+def _text(client, run_id, path, directory):
+    return open(client.download_artifacts(run_id, path, str(directory))).read()
+
+
+@pytest.fixture(scope="module")
+def random_search(digits, shared_embedded_tracking_uri, tmp_path_factory):
+    (x, y), validation = digits
+    keras.utils.set_random_seed(0)
+    hypermodel = OptimizerHyperModel(_mlp, LOSS, metrics=["accuracy"], optimizers=FAMILIES_SEARCHED)
+    tuner = RandomSearch(hypermodel, objective="val_loss", max_trials=TRIALS, seed=3,
+                         directory=str(tmp_path_factory.mktemp("kt")), project_name="random",
+                         experiment="tuning-random", tracking_uri=shared_embedded_tracking_uri,
+                         run_name="digits-search")
+    tuner.search(x, y, validation_data=validation, epochs=EPOCHS, batch_size=64, verbose=0)
+    return tuner, mlflow.MlflowClient(shared_embedded_tracking_uri)
+
+
+@pytest.mark.slow
+def test_random_search_is_one_parent_run_with_one_child_per_trial(random_search, tmp_path):
+    tuner, client = random_search
+    parent = client.get_run(tuner.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "digits-search"
+    assert parent.data.params["max_trials"] == str(TRIALS)
+    assert parent.data.params["optimizers"] == ",".join(FAMILIES_SEARCHED)
+    assert {a.path for a in client.list_artifacts(tuner.parent_run_id)} >= {
+        "search_space.json", "results.csv", "objective.png", "hyperparameters.png"}
+    children = _children(client, tuner.parent_run_id)
+    trials = tuner.oracle.trials
+    assert sorted(children) == sorted(trials) and len(children) == TRIALS
+    for trial_id, run in children.items():
+        hp = trials[trial_id].hyperparameters
+        family = hp.values["optimizer"]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"trial_{trial_id}-{family}"
+        # the trial's hyperparameters, only the chosen family's (conditional scope)
+        searched = {k: v for k, v in run.data.params.items() if k.startswith("hp.")}
+        expected = {"hp.optimizer"} | {f"hp.{family}/{p.name}" for p in FAMILIES[family].search_space}
+        assert set(searched) == expected, (family, searched)
+        for key, value in searched.items():
+            assert value == str(hp.values[key[3:]])
+        # the full MLflowTracking record inside, validation metrics at their epoch
+        assert _epochs(client, run.info.run_id) == list(range(1, EPOCHS + 1))
+        assert "optimizer.name" in run.data.params or any(k.startswith("optimizer.") for k in run.data.params)
+        assert float(run.data.tags["keras_optsuite.trial_score"]) == pytest.approx(trials[trial_id].score)
+    table = list(csv.DictReader(io.StringIO(_text(client, tuner.parent_run_id, "results.csv", tmp_path))))
+    assert [row["trial_id"] for row in table] == sorted(trials)
+    assert {row["run_id"] for row in table} == {run.info.run_id for run in children.values()}
+
+
+@pytest.mark.slow
+def test_each_family_defaults_run_first_and_best_score_is_tracked(random_search):
+    tuner, client = random_search
+    trials = tuner.oracle.trials
+    first = [trials[trial_id] for trial_id in sorted(trials)[: len(FAMILIES_SEARCHED)]]
+    assert [t.hyperparameters.values["optimizer"] for t in first] == FAMILIES_SEARCHED
+    for trial in first:
+        family = FAMILIES[trial.hyperparameters.values["optimizer"]]
+        for name, default in family.defaults.items():
+            assert trial.hyperparameters.values[f"{family.name}/{name}"] == pytest.approx(default)
+    scores = [t.score for t in trials.values() if t.status == "COMPLETED"]
+    best_history = client.get_metric_history(tuner.parent_run_id, "best_score")
+    assert best_history[-1].value == pytest.approx(min(scores))
+    assert best_history[-1].value <= min(t.score for t in first), "never worse than the defaults"
+    values = [m.value for m in sorted(best_history, key=lambda m: m.step)]
+    assert values == sorted(values, reverse=True), "best so far only improves"
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert client.get_run(tuner.parent_run_id).data.tags["keras_optsuite.best_trial_id"] == best.trial_id
+
+
+@pytest.mark.slow
+def test_best_model_loads_from_its_logged_model_and_scores_what_the_parent_says(
+        random_search, digits, monkeypatch, shared_embedded_tracking_uri):
+    tuner, client = random_search
+    _, validation = digits
+    parent = client.get_run(tuner.parent_run_id)
+    best_score = parent.data.metrics["best_score"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_embedded_tracking_uri)
+    logged = mlflow.keras.load_model(f"models:/{parent.data.tags['keras_optsuite.best_model_id']}")
+    assert logged.evaluate(*validation, verbose=0)[0] == pytest.approx(best_score, rel=1e-5)
+    model = tuner.get_best_models(1)[0]
+    assert model.evaluate(*validation, verbose=0)[0] == pytest.approx(best_score, rel=1e-5)
+    # the optimizer state comes back with the weights (Keras Tuner alone drops it with a warning)
+    steps = EPOCHS * int(np.ceil(1200 / 64))
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert int(model.optimizer.iterations) == (best.best_step + 1) * int(np.ceil(1200 / 64)) <= steps
+    assert int(logged.optimizer.iterations) == int(model.optimizer.iterations)
+
+
+def test_bad_budgets_and_names_raise_before_any_trial(tmp_path):
+    hypermodel = OptimizerHyperModel(_mlp, LOSS, optimizers=["Adam"])
+    with pytest.raises(ValueError, match="max_trials must be a positive integer, got max_trials=-1"):
+        RandomSearch(hypermodel, objective="val_loss", max_trials=-1, directory=str(tmp_path))
+    with pytest.raises(ValueError, match="max_epochs must be a positive integer, got max_epochs=0"):
+        Hyperband(hypermodel, objective="val_loss", max_epochs=0, directory=str(tmp_path))
+    with pytest.raises(ValueError, match="experiment must be a non-empty string"):
+        RandomSearch(hypermodel, objective="val_loss", experiment="", directory=str(tmp_path))
+    with pytest.raises(ValueError, match="min_trials must be an integer >= 0, got min_trials=-2"):
+        MedianPruning(min_trials=-2)
+    with pytest.raises(ValueError, match="Unknown optimizer name='Adamm'"):
+        OptimizerHyperModel(_mlp, LOSS, optimizers=["Adamm"])
+
+
+def test_median_rule_is_optunas():
+    rule = MedianPruning(warmup_epochs=1, min_trials=2)
+    assert not rule.should_prune(0, [9.0], [1.0, 2.0], "min"), "warmup epoch"
+    assert not rule.should_prune(1, [9.0, 9.0], [1.0], "min", completed_trials=1), "too few completed"
+    assert not rule.should_prune(1, [9.0, 2.0], [1.0, 2.0, 3.0], "min"), "as good as the median: kept"
+    assert rule.should_prune(1, [9.0, 2.5], [1.0, 2.0, 3.0], "min")
+    assert rule.should_prune(1, [0.1, 0.2], [0.5, 0.9], "max")
+    assert rule.should_prune(1, [float("nan")] * 2, [0.5, 0.9], "max")
+    assert not MedianPruning(min_trials=2, min_trials_at_epoch=3).should_prune(1, [9.0], [1.0, 2.0], "min")
+
+
+# -- failures and pruning, on a real MLflow server --------------------------------------------
+
+MODES = ["adam_a", "adam_b", "tiny_lr", "nan", "raise"]
+
+
+def _mode_model(hp):
+    mode = hp.Choice("mode", MODES)
+    if mode == "raise":
+        raise RuntimeError("boom: the model cannot be built")
+    layers = [keras.Input((64,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(10)]
+    if mode == "nan":
+        layers.append(keras.layers.Lambda(lambda t: t * float("nan")))
+    model = keras.Sequential(layers)
+    rate = {"adam_a": 1e-2, "adam_b": 2e-2, "tiny_lr": 1e-6}.get(mode, 1e-2)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=LOSS)
+    return model
+
+
+@pytest.fixture(scope="module")
+def failing_and_pruned_search(digits, shared_mlflow_server_process, tmp_path_factory):
+    server = shared_mlflow_server_process.start()
+    (x, y), validation = digits
+    tuner = GridSearch(_mode_model, objective="val_loss", max_trials=len(MODES),
+                       max_consecutive_failed_trials=3, pruning=MedianPruning(warmup_epochs=1, min_trials=2),
+                       directory=str(tmp_path_factory.mktemp("kt")), project_name="grid",
+                       experiment="tuning-failures", tracking_uri=server.uri)
+    tuner.search(x, y, validation_data=validation, epochs=4, batch_size=64, verbose=0)
+    return tuner, mlflow.MlflowClient(server.uri)
+
+
+def _by_mode(tuner, client):
+    children = _children(client, tuner.parent_run_id)
+    return {tuner.oracle.trials[t].hyperparameters.values["mode"]: (tuner.oracle.trials[t], run)
+            for t, run in children.items()}
+
+
+@pytest.mark.slow
+def test_nan_and_raising_trials_are_failed_child_runs_and_the_search_goes_on(failing_and_pruned_search, tmp_path):
+    tuner, client = failing_and_pruned_search
+    assert client.get_run(tuner.parent_run_id).info.status == "FINISHED"
+    runs = _by_mode(tuner, client)
+    assert sorted(runs) == sorted(MODES), "every trial ran and has its child run"
+    for mode in ("nan", "raise"):
+        trial, run = runs[mode]
+        assert trial.status == "FAILED" and run.info.status == "FAILED", mode
+        assert run.data.tags["keras_optsuite.trial_status"] == "FAILED"
+    assert "the loss became nan" in _text(client, runs["nan"][1].info.run_id, "traceback.txt", tmp_path)
+    assert "boom: the model cannot be built" in _text(client, runs["raise"][1].info.run_id, "traceback.txt",
+                                                      tmp_path)
+    assert runs["nan"][1].data.params["hp.mode"] == "nan"
+    for mode in ("adam_a", "adam_b"):
+        assert runs[mode][0].status == "COMPLETED" and runs[mode][1].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_trial_worse_than_the_median_is_pruned_and_recorded(failing_and_pruned_search):
+    tuner, client = failing_and_pruned_search
+    runs = _by_mode(tuner, client)
+    trial, run = runs["tiny_lr"]
+    assert run.data.tags["keras_optsuite.pruned"] == "true"
+    assert run.data.tags["keras_optsuite.pruned_at_epoch"] == "1", "right after the warm-up epoch"
+    val_loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"),
+                                        key=lambda m: m.step)]
+    assert len(val_loss) == 2, "stopped after epoch 1 of 4"
+    assert trial.status == "COMPLETED" and trial.score == pytest.approx(min(val_loss), rel=1e-6)
+    assert tuner.oracle.pruned == {trial.trial_id: 1}
+    for mode in ("adam_a", "adam_b"):
+        assert "keras_optsuite.pruned" not in runs[mode][1].data.tags
+        assert len(client.get_metric_history(runs[mode][1].info.run_id, "val_loss")) == 4
+
+
+# -- Hyperband: continued trials continue their run -----------------------------------------
+
+@pytest.mark.slow
+def test_hyperband_continues_trials_in_their_run_with_bookkeeping_as_tags(
+        digits, shared_embedded_tracking_uri, tmp_path):
+    (x, y), validation = digits
+    hypermodel = OptimizerHyperModel(_mlp, LOSS, optimizers=["Adam", "RAdam"])
+    tuner = Hyperband(hypermodel, objective="val_loss", max_epochs=3, factor=3, seed=1,
+                      directory=str(tmp_path), project_name="hyperband", experiment="tuning-hyperband",
+                      tracking_uri=shared_embedded_tracking_uri)
+    tuner.search(x, y, validation_data=validation, batch_size=64, verbose=0)
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    trials = tuner.oracle.trials
+    continued = {t: trial.hyperparameters.values["tuner/trial_id"] for t, trial in trials.items()
+                 if trial.hyperparameters.values.get("tuner/trial_id")}
+    assert continued, "this budget has a second round"
+    runs = {run.info.run_id: run for run in _children(client, tuner.parent_run_id).values()}
+    assert len(runs) == len(trials) - len(continued), "a continued trial starts no new run"
+    for trial_id, previous in continued.items():
+        run_id = tuner.child_runs[trial_id]
+        assert run_id == tuner.child_runs[previous]
+        run = client.get_run(run_id)
+        values = trials[trial_id].hyperparameters.values
+        assert run.data.tags["keras_optsuite.trial_id"] == trial_id
+        assert run.data.tags["tuner/trial_id"] == previous
+        assert run.data.tags["tuner/epochs"] == str(values["tuner/epochs"])
+        assert _epochs(client, run_id) == list(range(1, values["tuner/epochs"] + 1)), (
+            "the epochs of both trials, once each")
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert not any("tuner/" in key for key in run.data.params), "bookkeeping values are not params"
+        assert "tuner/bracket" in run.data.tags and "hp.optimizer" in run.data.params
+
+
+# -- kill -9 and resume ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_path,
+                                                                                shared_embedded_tracking_uri):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from workers import tuning_search
+
+    script = os.path.join(os.path.dirname(__file__), "workers", "tuning_search.py")
+    environment = {**os.environ, "OPTSUITE_TEST_THREADS": "1"}
+    killed = subprocess.run(
+        [sys.executable, script, str(tmp_path), shared_embedded_tracking_uri, "--kill-after-epochs",
+         str(2 * tuning_search.EPOCHS + 2)],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    restarted = time.time() * 1000
+    tuner = tuning_search.search(str(tmp_path), shared_embedded_tracking_uri)
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    experiment = client.get_experiment_by_name("tuning-resume").experiment_id
+    parents = client.search_runs([experiment], "tags.`keras_optsuite.tuner` = 'RandomSearch'")
+    assert [run.info.run_id for run in parents] == [tuner.parent_run_id], "one parent run, continued"
+    assert parents[0].info.status == "FINISHED" and parents[0].data.tags["keras_optsuite.resumes"] == "1"
+    children = _children(client, tuner.parent_run_id)
+    all_runs = client.search_runs([experiment], "", max_results=100)
+    assert len(all_runs) == 1 + tuning_search.TRIALS, "no duplicated run"
+    assert sorted(children) == sorted(tuner.oracle.trials) and len(children) == tuning_search.TRIALS
+    first, second, interrupted = (sorted(children)[i] for i in range(3))
+    for trial_id in (first, second):  # finished before the kill: not run again
+        run = children[trial_id]
+        assert run.info.end_time < restarted and "keras_optsuite.resumes" not in run.data.tags
+    run = children[interrupted]
+    assert run.info.status == "FINISHED" and run.data.tags["keras_optsuite.resumes"] == "1"
+    assert _epochs(client, run.info.run_id) == list(range(1, tuning_search.EPOCHS + 1)), "every epoch once"
+    history = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    # epoch 0 finished before the kill; the resumed trial went on from epoch 1
+    assert history[0].timestamp < restarted <= history[1].timestamp
+    assert all(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())
