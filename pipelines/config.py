@@ -112,6 +112,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      _non_empty),
         "strategy": Key("str", "default", "keras_optsuite.distribute.get_strategy kind",
                         _one_of("auto", "default", "mirrored", "multi_worker")),
+        "optimizer": Key("str", "Adam", "the optimizer of `optsuite train` (a name as in compare.optimizers, "
+                         "with its documented defaults)"),
+        "learning_rate": Key("float", None, "the learning rate of `optsuite train` (default: the optimizer's)",
+                             _at_least(0.0, strict=True)),
     },
     "compare": {
         "optimizers": Key("list[str]", ["adam", "RAdam"], "optimizers to compare: Keras names ('adam', "
