@@ -43,9 +43,21 @@ def parse_contestant(text: str, key: str) -> Contestant:
         if wrapper.lower() not in lookup:
             raise ConfigError(f"{key}: unknown wrapper {wrapper!r} in {text!r}; wrappers: {', '.join(known)}")
         wrapper = lookup[wrapper.lower()]
+    name = (match["inner"] or match["plain"]).strip()
     try:
-        family = get_family((match["inner"] or match["plain"]).strip()).name
+        family = get_family(name).name
     except ValueError as error:
+        from keras_optsuite.optimizers import WRAPPERS
+
+        wrappers = {spec.name.lower(): spec.name for spec in WRAPPERS.values()}
+        wrapper_name = wrappers.get(name.split(">", 1)[-1].lower())
+        if wrapper_name is not None:
+            searchable = [choice for choice in WRAPPER_CHOICES if choice != "none"]
+            raise ConfigError(
+                f"{key}: name={name!r} is a wrapper: it adds one idea to an optimizer it wraps; write "
+                f"'{wrapper_name}(Adam)'" + ("" if wrapper_name in searchable else
+                                             f" (the wrappers a comparison can use: {', '.join(searchable)})")
+            ) from None
         raise ConfigError(f"{key}: {error}") from None
     label = f"{wrapper}({family})" if wrapper else family
     return Contestant(label, family, wrapper)

@@ -291,8 +291,9 @@ def _winner(ctx: Context, rows: list[dict], results: Mapping[str, Any]) -> dict[
 
 
 def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
-                output_root: Path = OUTPUT_ROOT, out: TextIO = sys.stdout) -> dict[str, Any]:
+                output_root: Path = OUTPUT_ROOT, out: TextIO | None = None) -> dict[str, Any]:
     """Run the bake-off of ``config``; returns its summary (also printed on ``out``)."""
+    out = out if out is not None else sys.stdout
     import mlflow
 
     from keras_optsuite.callbacks import _run_params

@@ -30,8 +30,9 @@ def _store(config: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def run_runs(config: Mapping[str, Any], *, run_id: str | None = None, limit: int = 20,
-             out: TextIO = sys.stdout) -> Any:
+             out: TextIO | None = None) -> Any:
     """Print (and return) the table of recent runs, or of ``run_id``'s children."""
+    out = out if out is not None else sys.stdout
     import pandas
 
     from keras_optsuite.callbacks.compare import compare_runs
@@ -62,8 +63,9 @@ def latest_bake_off(client: Any, experiment_id: str) -> Any:
     return runs[0] if runs else None
 
 
-def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO = sys.stdout) -> int:
+def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO | None = None) -> int:
     """Serve the MLflow UI of the config's store until interrupted; returns the exit status."""
+    out = out if out is not None else sys.stdout
     import mlflow
 
     from keras_optsuite.callbacks._store import is_http_uri

@@ -23,6 +23,7 @@ from keras_optsuite.pipelines._common import OUTPUT_ROOT, context, evaluate, low
 from keras_optsuite.pipelines._unattended import PipelineLock, say
 
 TAG = "keras_optsuite.promote."
+MODEL_ID_TAG = "keras_optsuite.model_id"
 
 
 class NothingToPromote(RuntimeError):
@@ -50,10 +51,10 @@ def _candidate(client: Any, experiment_id: str) -> tuple[str, str, str]:
 
 
 def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool = False,
-                output_root: Path = OUTPUT_ROOT, out: TextIO = sys.stdout) -> dict[str, Any]:
+                output_root: Path = OUTPUT_ROOT, out: TextIO | None = None) -> dict[str, Any]:
     """Decide and (unless ``dry_run``) apply the promotion; returns the decision printed on ``out``."""
+    out = out if out is not None else sys.stdout
     import mlflow
-    import mlflow.keras
 
     ctx = context(config, "promote", "compare")
     section, batch_size = config["promote"], config["training"]["batch_size"]
@@ -67,15 +68,15 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
             raise NothingToPromote(f"experiment {ctx.experiment!r} does not exist in {ctx.tracking_uri}")
         model_id, run_id, what = _candidate(client, experiment.experiment_id)
 
-        def score(uri: str) -> float:
-            model = mlflow.keras.load_model(uri)
+        def score(logged_model_id: str) -> float:
+            model = load_logged_model(client, logged_model_id)
             logs = evaluate(model, ctx.data.x_test, ctx.data.y_test, batch_size)
             if metric not in logs:
                 raise ValueError(f"promote.metric = {metric!r} is not among the held-out metrics {sorted(logs)}")
             return logs[metric]
 
         say(f"[promote {ctx.name}] evaluating the candidate ({what}) on the held-out split", quiet)
-        candidate_score = score(f"models:/{model_id}")
+        candidate_score = score(model_id)
         champion = None
         try:
             champion = client.get_model_version_by_alias(name, alias)
@@ -84,11 +85,11 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
         champion_score = None
         if champion is not None:
             say(f"[promote {ctx.name}] evaluating the champion ({name} version {champion.version})", quiet)
-            champion_score = score(f"models:/{name}@{alias}")
+            champion_score = score(_model_id(champion))
         margin = float(section["min_improvement"])
         if champion is None:
             promote, reason = True, f"no {alias} yet"
-        elif getattr(champion, "model_id", None) == model_id:
+        elif _model_id(champion) == model_id:
             promote, reason = False, f"the candidate is already {alias} (version {champion.version})"
         else:
             gain = champion_score - candidate_score if lower else candidate_score - champion_score
@@ -99,11 +100,11 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
             "promote": promote, "reason": reason, "metric": metric, "candidate_score": candidate_score,
             "champion_score": champion_score, "candidate_model_id": model_id, "candidate_run_id": run_id,
             "model_name": name, "alias": alias, "dry_run": dry_run, "version": None,
-            "champion_version": champion.version if champion is not None else None,
+            "champion_version": str(champion.version) if champion is not None else None,
         }  # fmt: skip
         if not dry_run:
             version = _register(client, name, model_id, run_id)
-            decision["version"] = version.version
+            decision["version"] = str(version.version)
             tags = {"decision": "promoted" if promote else "kept champion", "reason": reason, "metric": metric,
                     "candidate_score": repr(candidate_score),
                     "champion_score": repr(champion_score) if champion_score is not None else "none",
@@ -121,6 +122,25 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
     return decision
 
 
+def load_logged_model(client: Any, model_id: str) -> Any:
+    """The Keras model of a logged model, read from ``client``'s store.
+
+    ``mlflow.keras.load_model("models:/...")`` would resolve the URI in
+    MLflow's process-wide store instead (the default ``./mlflow.db`` when
+    none is set), so the artifacts are downloaded through this store first.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+    import mlflow.keras
+
+    location = client.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory(prefix="optsuite-model-") as directory:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=directory,
+                                                    tracking_uri=client.tracking_uri)
+        return mlflow.keras.load_model(local)
+
+
 def _register(client: Any, name: str, model_id: str, run_id: str) -> Any:
     """The model version of ``model_id`` under ``name``, created if it is not registered yet."""
     from mlflow.exceptions import MlflowException
@@ -131,6 +151,15 @@ def _register(client: Any, name: str, model_id: str, run_id: str) -> Any:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     for version in client.search_model_versions(f"name = '{name}'"):
-        if getattr(version, "model_id", None) == model_id:
+        if _model_id(version) == model_id:
             return version
-    return client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    # The logged model's own location as the source, not "models:/<id>": MLflow 3.17's SQL registry
+    # resolves that URI in the process-wide store (its own TODO), not in this client's.
+    source = client.get_logged_model(model_id).artifact_location
+    return client.create_model_version(name, source, run_id=run_id, model_id=model_id,
+                                       tags={MODEL_ID_TAG: model_id})
+
+
+def _model_id(version: Any) -> str | None:
+    """The logged model a version was registered from (our tag: the SQL registry may not keep it)."""
+    return version.tags.get(MODEL_ID_TAG) or getattr(version, "model_id", None)

@@ -21,8 +21,9 @@ from keras_optsuite.pipelines.tune import SeededHyperModel
 
 
 def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
-              output_root: Path = OUTPUT_ROOT, out: TextIO = sys.stdout) -> dict[str, Any]:
+              output_root: Path = OUTPUT_ROOT, out: TextIO | None = None) -> dict[str, Any]:
     """Train once as ``config`` says; returns the summary printed on ``out``."""
+    out = out if out is not None else sys.stdout
     import keras
     import keras_tuner
 

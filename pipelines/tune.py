@@ -77,8 +77,9 @@ def make_tuner(ctx: Context, section: Mapping[str, Any], model: Any, *, trials: 
 
 
 def run_tune(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
-             output_root: Path = OUTPUT_ROOT, out: TextIO = sys.stdout) -> dict[str, Any]:
+             output_root: Path = OUTPUT_ROOT, out: TextIO | None = None) -> dict[str, Any]:
     """Run the search of ``config``; returns the summary printed on ``out``."""
+    out = out if out is not None else sys.stdout
     ctx = context(config, "tune", "tune")
     section, training = config["tune"], config["training"]
     contestants = [parse_contestant(name, "tune.optimizers") for name in section["optimizers"]]

@@ -50,12 +50,12 @@ def test_a_wrapper_name_alone_says_how_to_build_one(spec):
 
 
 @pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))
-def test_the_demo_says_a_wrapper_name_is_a_wrapper(spec):
-    from keras_optsuite.pipelines.demo import _make_optimizer
+def test_a_pipeline_config_says_a_wrapper_name_is_a_wrapper(spec):
+    from keras_optsuite.pipelines._common import parse_contestant
 
     for name in (spec.name, spec.registered_name, spec.name.lower()):
         with pytest.raises(ValueError, match=f"name={re.escape(repr(name))} is a wrapper"):
-            _make_optimizer(name)
+            parse_contestant(name, "compare.optimizers")
 
 
 @pytest.mark.parametrize("spec", WRAPPERS.values(), ids=list(WRAPPERS))

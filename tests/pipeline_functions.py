@@ -1,0 +1,17 @@
+"""User functions that pipeline configs name with ``module:function`` (tests/ is on sys.path)."""
+
+import numpy as np
+
+
+def blobs():
+    """Two well-separated Gaussian blobs: (x, y) arrays, 200 rows of 6 features."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    x = rng.normal(size=(200, 6)) + 3.0 * y[:, None]
+    return x.astype("float32"), y
+
+
+def linear_model(input_shape, outputs, task):
+    import keras
+
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(outputs)])

@@ -1,0 +1,316 @@
+"""The scheduled pipelines (issue 19): configs, exit codes, locks, slots, and the jobs end to end.
+
+Configs are tiny (a few hundred synthetic rows, two epochs) so the jobs run in seconds; the jobs
+run against the embedded SQLite store and a real ``mlflow server`` on 127.0.0.1. The numbers on
+the leaderboard are checked against the MLflow child runs they summarize.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from keras_optsuite.pipelines import compare, promote, train
+from keras_optsuite.pipelines._unattended import PipelineLock
+from keras_optsuite.pipelines.config import ConfigError, load_config
+
+pytestmark = pytest.mark.xdist_group("pipelines")  # one server for the module
+
+OPTSUITE = Path(sys.executable).with_name("optsuite")
+TESTS = Path(__file__).resolve().parent
+
+TINY = """
+[data]
+name = "synthetic_classification"
+samples = 300
+features = 8
+classes = 3
+noise = 0.0
+
+[model]
+hidden = [16]
+
+[training]
+epochs = 2
+batch_size = 32
+seeds = [0, 1]
+optimizer = "Adam"
+
+[compare]
+optimizers = ["Adam", "Lookahead(SGD)"]
+baseline = "Adam"
+trials = 2
+pruning = false
+
+[tracking]
+experiment = "{experiment}"
+"""
+
+
+def _config(tmp_path, experiment="pipelines", name="tiny", extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(experiment=experiment) + textwrap.dedent(extra))
+    return path
+
+
+def _optsuite(*args, cwd, env=None, timeout=600):
+    environment = {**os.environ, "PYTHONPATH": str(TESTS), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(OPTSUITE), *args], cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# -- configs: every error names the file, the key path and what was expected ---------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[training\nepochs = 3", "not valid TOML"),
+    ("[training]\nepoch = 3", "unknown key training.epoch (did you mean 'epochs'?)"),
+    ("[trainig]\nepochs = 3", "unknown section [trainig] (did you mean 'training'?)"),
+    ("[training]\nepochs = \"three\"", "training.epochs must be an integer, got 'three'"),
+    ("[training]\nepochs = 0", "training.epochs must be a value >= 1, got 0"),
+    ("[training]\nvalidation_split = 1.5", "training.validation_split must be a number in (0.0, 1.0), got 1.5"),
+    ("[data]\nname = \"digit\"", "data.name must be one of 'digits'"),
+    ("[compare]\noptimizers = []", "compare.optimizers must be a non-empty list, got []"),
+    ("[data]\nfunction = \"no_colon\"", "data.function must be 'module:function', got 'no_colon'"),
+])
+def test_a_bad_config_is_refused_naming_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_overrides_are_parsed_as_toml_and_validated_the_same_way(tmp_path):
+    path = _config(tmp_path)
+    config = load_config(path, ["training.epochs=5", "compare.optimizers=['Adam', 'RAdam']", "tracking.experiment=x"])
+    assert config["training"]["epochs"] == 5
+    assert config["compare"]["optimizers"] == ["Adam", "RAdam"]
+    assert config["tracking"]["experiment"] == "x"
+    assert config["data"]["samples"] == 300 and config["model"]["dropout"] == 0.0  # file, then defaults
+    for assignment, message in [("training.epochs=abc", "--set training.epochs=abc: training.epochs must be an "
+                                 "integer, got 'abc'"),
+                                ("training.epoch=3", "--set training.epoch=3: unknown key training.epoch"),
+                                ("epochs=3", "--set epochs=3: expected section.key=value")]:
+        with pytest.raises(ConfigError, match=__import__("re").escape(message)):
+            load_config(path, [assignment])
+
+
+def test_a_missing_module_or_function_is_named_before_any_training(tmp_path):
+    from keras_optsuite.pipelines._common import context
+
+    for reference, message in [("no_such_module:f", "cannot import module 'no_such_module'"),
+                               ("pipeline_functions:nope", "module 'pipeline_functions' has no function 'nope'")]:
+        config = load_config(_config(tmp_path), [f"data.function='{reference}'"])
+        with pytest.raises(ConfigError, match=message):
+            context(config, "train")
+
+
+def test_unknown_optimizers_and_a_baseline_outside_the_list_are_config_errors(tmp_path):
+    for override, message in [("compare.optimizers=['Adam', 'Nope']", "compare.optimizers: Unknown optimizer"),
+                              ("compare.optimizers=['Adam', 'Wrap(SGD)']", "unknown wrapper 'Wrap'"),
+                              ("compare.baseline='RAdam'", "compare.baseline = 'RAdam' must be one of")]:
+        with pytest.raises(ConfigError, match=__import__("re").escape(message)):
+            compare.run_compare(load_config(_config(tmp_path), [override]), output_root=tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing started"
+
+
+def test_the_command_exits_2_on_a_bad_config_and_names_it(tmp_path):
+    result = _optsuite("train", str(_config(tmp_path)), "--set", "training.epochs=0", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "optsuite train: error: --set training.epochs=0: training.epochs must be a value >= 1" in result.stderr
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+# -- unattended: lock, stale lock, slots ----------------------------------------------------
+
+
+def test_a_held_lock_makes_the_second_run_exit_3_naming_the_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from keras_optsuite.pipelines._unattended import PipelineLock
+        with PipelineLock(Path({str(tmp_path / 'outputs' / 'train' / 'tiny')!r}), "train tiny"):
+            print("held", flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = _optsuite("train", str(_config(tmp_path)), cwd=tmp_path)
+        assert result.returncode == 3, result.stderr[-2000:]
+        assert f"another run of train tiny holds" in result.stderr and f"pid {holder.pid}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_and_said(tmp_path, capsys):
+    directory = tmp_path / "outputs" / "train" / "tiny"
+    holder = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from keras_optsuite.pipelines._unattended import PipelineLock
+        PipelineLock(Path({str(directory)!r}), "train tiny").__enter__()
+        os._exit(9)  # dies holding it: no release
+    """)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert holder.returncode == 9 and json.loads((directory / "pipeline.lock").read_text())["pid"]
+    with PipelineLock(directory, "train tiny"):
+        assert json.loads((directory / "pipeline.lock").read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert "took over the lock of train tiny left by pid" in err and "no longer running" in err
+    assert (directory / "pipeline.lock").read_text() == "", "released cleanly: nothing stale next time"
+
+
+@pytest.mark.slow
+def test_a_finished_slot_is_not_run_again_and_a_killed_one_resumes_its_run(tmp_path):
+    config = _config(tmp_path, experiment="slots", extra="")
+    sets = ["--set", "training.epochs=6", "--set", "data.samples=2000"]
+    # kill -9 in the middle of the slot's training, then run the slot again: it resumes
+    environment = {**os.environ, "PYTHONPATH": str(TESTS), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen([str(OPTSUITE), "train", str(config), "--slot", "2026-12-06", *sets], cwd=tmp_path,
+                               env=environment, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "epoch 3/6" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(60)
+    assert process.returncode == -signal.SIGKILL
+    state = json.loads((tmp_path / "outputs/train/tiny/slots/2026-12-06.json").read_text())
+    assert state["status"] == "running"
+    resumed = _optsuite("train", str(config), "--slot", "2026-12-06", *sets, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("slots").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["keras_optsuite.resumes"] == "1"
+    epochs = sorted(m.value for m in client.get_metric_history(run.info.run_id, "epoch"))
+    assert epochs == [1, 2, 3, 4, 5, 6], "every epoch once, in the one run"
+    again = _optsuite("train", str(config), "--slot", "2026-12-06", *sets, cwd=tmp_path)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert len(client.search_runs([run.info.experiment_id])) == 1, "a finished slot is not run again"
+
+
+# -- the jobs end to end ----------------------------------------------------------------------
+
+
+def _children(client, run_id):
+    run = client.get_run(run_id)
+    return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+
+
+def _check_bake_off(client, summary, tmp_path):
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    optimizer_runs = {run.info.run_name: run for run in _children(client, summary["parent_run_id"])}
+    assert sorted(optimizer_runs) == ["Adam", "Lookahead(SGD)"]
+    leaderboard = {row["optimizer"]: row for row in summary["leaderboard"]}
+    for name, run in optimizer_runs.items():
+        below = _children(client, run.info.run_id)
+        seeds = [r for r in below if r.data.tags.get("keras_optsuite.kind") == "seed"]
+        trials = [r for r in below if "keras_optsuite.trial_id" in r.data.tags]
+        assert len(trials) == 2, f"{name}: the same tuning budget"
+        assert sorted(r.data.tags["keras_optsuite.seed"] for r in seeds) == ["0", "1"]
+        tests = [r.data.metrics["test_accuracy"] for r in seeds]
+        assert leaderboard[name]["test_accuracy_mean"] == pytest.approx(np.mean(tests), rel=1e-9)
+        assert leaderboard[name]["test_accuracy_std"] == pytest.approx(np.std(tests), rel=1e-9, abs=1e-12)
+        finals = [r.data.metrics["val_accuracy"] for r in seeds]
+        assert leaderboard[name]["val_accuracy_mean"] == pytest.approx(np.mean(finals), rel=1e-6)
+        if name == "Lookahead(SGD)":
+            assert all(r.data.params["optimizer.class_name"] == "Lookahead" for r in seeds + trials)
+    adam_finals = [client.get_run(r.info.run_id).data.metrics["val_accuracy"]
+                   for r in _children(client, optimizer_runs["Adam"].info.run_id)
+                   if r.data.tags.get("keras_optsuite.kind") == "seed"]
+    assert summary["target"] == pytest.approx(np.mean(adam_finals), rel=1e-6)
+    ranked = sorted(leaderboard.values(), key=lambda row: -row["test_accuracy_mean"])
+    assert [row["optimizer"] for row in ranked] == [row["optimizer"] for row in summary["leaderboard"]]
+    assert parent.data.tags["keras_optsuite.winner"] == ranked[0]["optimizer"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "leaderboard.md", "learning_curves.png", "report.html"} <= artifacts
+    report = Path(summary["report"]).read_text()
+    assert "data:image/png;base64," in report and ranked[0]["optimizer"] in report
+
+
+@pytest.mark.slow
+def test_compare_then_promote_on_the_embedded_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = _config(tmp_path, experiment="bake-off")
+    weak = load_config(path, ["training.epochs=1", "training.optimizer='SGD'", "training.learning_rate=0.0001"])
+    trained = train.run_train(weak, quiet=True, output_root=tmp_path / "outputs")
+    first = promote.run_promote(weak, quiet=True, output_root=tmp_path / "outputs")
+    assert first["promote"] and first["reason"] == "no champion yet" and first["version"] == "1"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert str(client.get_model_version_by_alias("keras-optsuite-best", "champion").version) == "1"
+
+    summary = compare.run_compare(load_config(path), quiet=True, output_root=tmp_path / "outputs")
+    _check_bake_off(client, summary, tmp_path)
+    assert "winner:" in capsys.readouterr().out
+
+    demanding = load_config(path, ["promote.min_improvement=1.0"])  # accuracy cannot improve by 1
+    kept = promote.run_promote(demanding, quiet=True, output_root=tmp_path / "outputs")
+    assert not kept["promote"] and kept["version"] == "2"
+    assert str(client.get_model_version_by_alias("keras-optsuite-best", "champion").version) == "1", "kept"
+    tags = client.get_model_version("keras-optsuite-best", "2").tags
+    assert tags["keras_optsuite.promote.decision"] == "kept champion"
+    assert float(tags["keras_optsuite.promote.candidate_score"]) == pytest.approx(kept["candidate_score"])
+
+    dry = promote.run_promote(load_config(path), dry_run=True, quiet=True, output_root=tmp_path / "outputs")
+    assert dry["promote"] and str(client.get_model_version_by_alias("keras-optsuite-best", "champion").version) == "1"
+    moved = promote.run_promote(load_config(path), quiet=True, output_root=tmp_path / "outputs")
+    assert moved["promote"] and moved["candidate_score"] > moved["champion_score"]
+    assert moved["version"] == "2", "the same model is registered once"
+    assert str(client.get_model_version_by_alias("keras-optsuite-best", "champion").version) == "2", "moved"
+    assert moved["candidate_run_id"] == summary["winner"]["run_id"]
+    assert trained["run_id"] != moved["candidate_run_id"]
+
+
+@pytest.mark.slow
+def test_tune_and_compare_against_a_real_server(tmp_path, mlflow_server):
+    config_path = _config(tmp_path, experiment="bake-off-server", name="server",
+                          extra=f'tracking_uri = "{mlflow_server.uri}"\n')
+    result = _optsuite("compare", str(config_path), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[compare" not in result.stderr, "--quiet: no progress"
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    experiment_id = client.get_experiment_by_name("bake-off-server").experiment_id
+    (parent,) = client.search_runs([experiment_id], filter_string="tags.`keras_optsuite.kind` = 'compare'")
+    summary = {
+        "parent_run_id": parent.info.run_id, "report": str(tmp_path / "outputs/compare/server/report.html"),
+        "target": float(parent.data.metrics["target"]),
+        "leaderboard": _read_leaderboard(tmp_path / "outputs/compare/server/leaderboard.csv"),
+    }
+    _check_bake_off(client, summary, tmp_path)
+    assert f"winner: {parent.data.tags['keras_optsuite.winner']}" in result.stdout
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists(), "everything went to the server"
+
+    tuned = _optsuite("tune", str(config_path), "--set", "tune.trials=2", "--set", "tune.optimizers=['Adam', 'SGD']",
+                      cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert "[tune server]" in tuned.stderr, "progress on stderr"
+    (search,) = client.search_runs([experiment_id], filter_string="attributes.run_name = 'tune server'")
+    assert len(_children(client, search.info.run_id)) == 2, "one child run per trial"
+
+
+def _read_leaderboard(path):
+    import csv
+
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key, value in row.items():
+            try:
+                row[key] = float(value)
+            except ValueError:
+                pass
+    return rows
