@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/optsuite demo
+	$(VENV)/bin/optsuite compare pipelines/configs/demo.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 _SHOWN_METRICS = ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "test_mae", "best_score", "target")
@@ -78,8 +79,11 @@ def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO | None = 
         address = uri.rstrip("/")
     else:
         address = f"http://127.0.0.1:{port}"
+        log_path = Path("outputs") / "ui" / config["_source"]["name"] / "mlflow-ui.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("ab")  # the server's own output: stdout stays the addresses
         process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                                    "--host", "127.0.0.1", "--port", str(port)])
+                                    "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=log)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -89,7 +93,7 @@ def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO | None = 
             except OSError:
                 time.sleep(0.2)
         if process.poll() is not None:
-            print(f"optsuite ui: mlflow ui exited with {process.returncode}", file=sys.stderr)
+            print(f"optsuite ui: mlflow ui exited with {process.returncode}; see {log_path}", file=sys.stderr)
             return 1
     print(f"MLflow UI: {address} (switch to 'Model training' at the top left)", file=out, flush=True)
     if experiment is not None:

@@ -274,6 +274,43 @@ def test_compare_then_promote_on_the_embedded_store(tmp_path, monkeypatch, capsy
     assert moved["candidate_run_id"] == summary["winner"]["run_id"]
     assert trained["run_id"] != moved["candidate_run_id"]
 
+    from keras_optsuite.pipelines.inspect import run_runs
+
+    capsys.readouterr()
+    table = run_runs(load_config(path), run_id=summary["parent_run_id"])
+    assert sorted(table["run_name"]) == ["Adam", "Lookahead(SGD)"]
+    assert "Lookahead(SGD)" in capsys.readouterr().out
+    _check_ui(path, tmp_path, [run.info.run_id for run in _children(client, summary["parent_run_id"])])
+
+
+def _check_ui(config_path, cwd, optimizer_run_ids):
+    """``optsuite ui`` serves the store and prints the comparison page of the latest bake-off."""
+    import urllib.parse
+    import urllib.request
+
+    from mlflow_server import free_port
+
+    port = free_port()
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen([str(OPTSUITE), "ui", str(config_path), "--port", str(port)], cwd=cwd,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("latest bake-off"):
+                break
+        assert lines[0].startswith(f"MLflow UI: http://127.0.0.1:{port}"), lines
+        page = lines[-1].split(": ", 1)[1].strip()
+        query = urllib.parse.parse_qs(page.split("?", 1)[1])
+        assert sorted(json.loads(query["runs"][0])) == sorted(optimizer_run_ids)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        process.terminate()
+        process.wait(30)
+
 
 @pytest.mark.slow
 def test_tune_and_compare_against_a_real_server(tmp_path, mlflow_server):
