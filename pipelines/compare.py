@@ -213,26 +213,36 @@ def markdown(rows: list[dict[str, Any]], ctx: Context, target: float, baseline: 
 
 
 def _curves_png(ctx: Context, results: Mapping[str, Mapping[str, Any]], target: float, path: Path) -> None:
+    """The validation score against optimizer steps, whole (left) and near the target (right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 5))
+    figure = Figure(figsize=(13, 5))
     FigureCanvasAgg(figure)
-    axis = figure.subplots()
+    whole, near = figure.subplots(1, 2)
+    finals = []
     for index, (label, result) in enumerate(results.items()):
         curves = [s["curve"] for s in result["seeds"] if s["curve"]]
         length = min(len(c) for c in curves)
         steps = [row["step"] for row in curves[0][:length]]
         values = np.array([[row[ctx.metric] for row in c[:length]] for c in curves], dtype=float)
         mean = np.nanmean(values, axis=0)
-        axis.plot(steps, mean, color=f"C{index % 10}", label=label, marker="o", markersize=3)
-        axis.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=f"C{index % 10}",
-                          alpha=0.15)
-    axis.axhline(target, color="black", linestyle="--", linewidth=1, label="target (tuned baseline)")
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel(f"{ctx.metric} (mean over seeds; band: min to max)")
-    axis.set_title(f"bake-off {ctx.name}: {ctx.data.name}")
-    axis.legend(fontsize=8)
+        finals.append(mean[-1])
+        for axis in (whole, near):
+            axis.plot(steps, mean, color=f"C{index % 10}", label=label, marker="o", markersize=3)
+            axis.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
+                              color=f"C{index % 10}", alpha=0.15)
+    for axis in (whole, near):
+        axis.axhline(target, color="black", linestyle="--", linewidth=1, label="target (tuned baseline)")
+        axis.set_xlabel("optimizer step")
+    finite = [value for value in finals + [target] if np.isfinite(value)]
+    if finite:
+        spread = max(finite) - min(finite) or abs(target) * 0.01 or 0.01
+        near.set_ylim(min(finite) - 0.5 * spread, max(finite) + 0.5 * spread)
+    whole.set_ylabel(f"{ctx.metric} (mean over seeds; band: min to max)")
+    whole.set_title(f"bake-off {ctx.name}: {ctx.data.name}")
+    near.set_title("near the final scores")
+    whole.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
