@@ -28,8 +28,8 @@ from keras_optsuite.tuning import (
 pytestmark = pytest.mark.xdist_group("tuning")
 
 FAMILIES_SEARCHED = ["Adam", "RAdam", "Prodigy", "SGDMomentum"]
-TRIALS = 6
-EPOCHS = 3
+TRIALS = 5
+EPOCHS = 2
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -196,7 +196,7 @@ def failing_and_pruned_search(digits, shared_mlflow_server_process, tmp_path_fac
                        max_consecutive_failed_trials=3, pruning=MedianPruning(warmup_epochs=1, min_trials=2),
                        directory=str(tmp_path_factory.mktemp("kt")), project_name="grid",
                        experiment="tuning-failures", tracking_uri=server.uri)
-    tuner.search(x, y, validation_data=validation, epochs=4, batch_size=64, verbose=0)
+    tuner.search(x[:640], y[:640], validation_data=validation, epochs=3, batch_size=64, verbose=0)
     return tuner, mlflow.MlflowClient(server.uri)
 
 
@@ -233,12 +233,12 @@ def test_a_trial_worse_than_the_median_is_pruned_and_recorded(failing_and_pruned
     assert run.data.tags["keras_optsuite.pruned_at_epoch"] == "1", "right after the warm-up epoch"
     val_loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"),
                                         key=lambda m: m.step)]
-    assert len(val_loss) == 2, "stopped after epoch 1 of 4"
+    assert len(val_loss) == 2, "stopped after epoch 1 of 3"
     assert trial.status == "COMPLETED" and trial.score == pytest.approx(min(val_loss), rel=1e-6)
     assert tuner.oracle.pruned == {trial.trial_id: 1}
     for mode in ("adam_a", "adam_b"):
         assert "keras_optsuite.pruned" not in runs[mode][1].data.tags
-        assert len(client.get_metric_history(runs[mode][1].info.run_id, "val_loss")) == 4
+        assert len(client.get_metric_history(runs[mode][1].info.run_id, "val_loss")) == 3
 
 
 # -- Hyperband: continued trials continue their run -----------------------------------------
@@ -317,3 +317,52 @@ def test_a_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(t
     # epoch 0 finished before the kill; the resumed trial went on from epoch 1
     assert history[0].timestamp < restarted <= history[1].timestamp
     assert all(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())
+
+
+# -- distributed: Keras Tuner's chief + 2 workers on localhost ---------------------------------
+
+@pytest.mark.slow
+def test_chief_and_two_workers_put_every_trial_under_one_parent_run(tmp_path, mlflow_server):
+    import os
+    import subprocess
+    import sys
+
+    from mlflow_server import free_port
+    from workers import tuning_distributed
+
+    script = os.path.join(os.path.dirname(__file__), "workers", "tuning_distributed.py")
+    port = free_port()
+    processes = {}
+    for role in ("chief", "tuner0", "tuner1"):
+        environment = {**os.environ, "KERASTUNER_TUNER_ID": role, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                       "KERASTUNER_ORACLE_PORT": str(port), "TF_NUM_INTRAOP_THREADS": "1",
+                       "TF_NUM_INTEROP_THREADS": "1"}
+        processes[role] = subprocess.Popen(
+            [sys.executable, script, str(tmp_path), mlflow_server.uri], env=environment,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = {}
+    try:
+        for role, process in processes.items():
+            outputs[role] = process.communicate(timeout=300)[0]
+            assert process.returncode == 0, f"{role}:\n{outputs[role][-4000:]}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    parents = {line.split("parent ")[1] for text in outputs.values() for line in text.splitlines()
+               if " done: parent " in line}
+    assert len(parents) == 1, outputs
+    parent = parents.pop()
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("tuning-distributed").experiment_id
+    runs = client.search_runs([experiment], "", max_results=100)
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent]
+    children = _children(client, parent)
+    assert sorted(children) == [f"{i}" for i in range(tuning_distributed.TRIALS)], "every trial, once"
+    assert {run.data.tags["keras_optsuite.tuner_id"] for run in children.values()} == {"tuner0", "tuner1"}
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    record = client.get_run(parent)
+    assert record.info.status == "FINISHED", "the chief closed the parent when the workers were done"
+    assert "keras_optsuite.best_model_id" in record.data.tags
+    scores = [float(run.data.tags["keras_optsuite.trial_score"]) for run in children.values()]
+    assert record.data.metrics["best_score"] == pytest.approx(min(scores))
