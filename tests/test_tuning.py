@@ -366,3 +366,9 @@ def test_chief_and_two_workers_put_every_trial_under_one_parent_run(tmp_path, ml
     assert "keras_optsuite.best_model_id" in record.data.tags
     scores = [float(run.data.tags["keras_optsuite.trial_score"]) for run in children.values()]
     assert record.data.metrics["best_score"] == pytest.approx(min(scores))
+    # every epoch's objective of both workers reached the chief's oracle (where pruning decides)
+    import json
+
+    state = json.loads((tmp_path / "distributed" / "oracle.json").read_text())["keras_optsuite"]
+    assert {t: sorted(v) for t, v in state["epoch_values"].items()} == {
+        t: [str(e) for e in range(tuning_distributed.EPOCHS)] for t in children}
