@@ -372,3 +372,25 @@ def test_chief_and_two_workers_put_every_trial_under_one_parent_run(tmp_path, ml
     state = json.loads((tmp_path / "distributed" / "oracle.json").read_text())["keras_optsuite"]
     assert {t: sorted(v) for t, v in state["epoch_values"].items()} == {
         t: [str(e) for e in range(tuning_distributed.EPOCHS)] for t in children}
+
+
+@pytest.mark.slow
+def test_bayesian_optimization_runs_defaults_then_its_own_proposal(digits, shared_embedded_tracking_uri, tmp_path):
+    from keras_optsuite.tuning import BayesianOptimization
+
+    (x, y), validation = digits
+    hypermodel = OptimizerHyperModel(_mlp, LOSS, optimizers=["Adam", "RAdam"])
+    tuner = BayesianOptimization(hypermodel, objective="val_loss", max_trials=3, num_initial_points=1, seed=0,
+                                 directory=str(tmp_path), experiment="tuning-bayesian",
+                                 tracking_uri=shared_embedded_tracking_uri)
+    tuner.search(x[:320], y[:320], validation_data=validation, epochs=1, batch_size=64, verbose=0)
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    trials = [tuner.oracle.trials[t] for t in sorted(tuner.oracle.trials)]
+    assert [t.status for t in trials] == ["COMPLETED"] * 3
+    assert [t.hyperparameters.values["optimizer"] for t in trials[:2]] == ["Adam", "RAdam"]
+    proposed = trials[2].hyperparameters
+    family = proposed.values["optimizer"]
+    active = {k for k in proposed.values if proposed.is_active(k)}
+    assert active == {"optimizer", f"{family}/learning_rate", f"{family}/beta_1"}, "only its family's"
+    children = _children(client, tuner.parent_run_id)
+    assert len(children) == 3 and client.get_run(tuner.parent_run_id).info.status == "FINISHED"
