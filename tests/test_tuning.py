@@ -9,7 +9,6 @@ import csv
 import io
 
 import keras
-import keras_tuner
 import mlflow
 import numpy as np
 import pytest
