@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from keras_optsuite._version import __version__
 
@@ -23,10 +23,43 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from keras_optsuite.pipelines import demo
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "demo.toml"
 
-    demo.run(demo.config_from_args(args))
+
+def _demo_config() -> Path:
+    """The demo's config: from the source tree, or the copy installed with the package."""
+    from importlib import resources
+
+    if DEMO_CONFIG.is_file():
+        return DEMO_CONFIG
+    return Path(str(resources.files("keras_optsuite.pipelines") / "configs" / "demo.toml"))
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    """train, tune, compare, promote, runs, ui, demo: a config in, exit codes a scheduler can read."""
+    from keras_optsuite.pipelines.config import load_config
+
+    config_path = _demo_config() if args.command == "demo" else args.config
+    config = load_config(config_path, args.set or [])
+    common = {"quiet": args.quiet} if hasattr(args, "quiet") else {}
+    if args.command in ("train", "tune", "compare", "demo"):
+        from keras_optsuite.pipelines import compare, train, tune
+
+        run = {"train": train.run_train, "tune": tune.run_tune, "compare": compare.run_compare,
+               "demo": compare.run_compare}[args.command]
+        run(config, slot=args.slot, **common)
+    elif args.command == "promote":
+        from keras_optsuite.pipelines.promote import run_promote
+
+        run_promote(config, dry_run=args.dry_run, **common)
+    elif args.command == "runs":
+        from keras_optsuite.pipelines.inspect import run_runs
+
+        run_runs(config, run_id=args.run, limit=args.limit)
+    else:
+        from keras_optsuite.pipelines.inspect import run_ui
+
+        return run_ui(config, port=args.port)
     return 0
 
 
@@ -76,9 +109,50 @@ def _import_library() -> None:
     keras_optsuite_cli.finish_deferred_imports()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from keras_optsuite.pipelines import demo
+_PIPELINES = {
+    "train": "one tracked training run of [training] optimizer",
+    "tune": "one tracked Keras Tuner search over [tune] optimizers",
+    "compare": "the optimizer bake-off: equal tuning budgets, the same data and initial weights, "
+               "a leaderboard, plots and the winner, tracked in MLflow",
+    "promote": "register the latest winner and move the champion alias only if it is better on the held-out split",
+    "runs": "a table of the config's recent runs, or of one run's children (--run)",
+    "ui": "start the MLflow UI on the config's store and print its address",
+    "demo": "the bake-off on the embedded demo config (pipelines/configs/demo.toml): what `make demo` runs",
+}
 
+_EXIT_CODES = """exit codes: 0 success, 1 failure (the MLflow run ends FAILED with its traceback), 2 bad config or
+arguments, 3 another run of the same pipeline holds its lock, 130 interrupted."""
+
+
+def _add_pipeline_commands(commands: Any) -> None:
+    from keras_optsuite.pipelines.config import describe_schema
+
+    for name, summary in _PIPELINES.items():
+        parser = commands.add_parser(
+            name, help=summary, description=summary,
+            epilog=_EXIT_CODES + "\n\nconfig keys (TOML):\n" + describe_schema(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name != "demo":
+            parser.add_argument("config", type=Path, help="the pipeline's TOML config (see below)")
+        parser.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                            help="override a config key, e.g. --set training.epochs=3 (repeatable)")
+        if name in ("train", "tune", "compare", "demo", "promote"):
+            parser.add_argument("--quiet", action="store_true", help="no progress on stderr (for cron)")
+        if name in ("train", "tune", "compare", "demo"):
+            parser.add_argument("--slot", default=None, help="name of this scheduled run (e.g. the date): a "
+                                "finished slot is not run again, a crashed one resumes")
+        if name == "promote":
+            parser.add_argument("--dry-run", action="store_true", help="evaluate and say what would happen")
+        if name == "runs":
+            parser.add_argument("--run", default=None, help="list this run's children (e.g. a bake-off's)")
+            parser.add_argument("--limit", type=int, default=20, help="runs listed (default: %(default)s)")
+        if name == "ui":
+            parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: %(default)s)")
+        parser.set_defaults(handler=_cmd_pipeline)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optsuite",
         description="keras-optsuite: research optimizers for Keras 3 on TensorFlow.",
@@ -92,11 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     list_parser.set_defaults(handler=_cmd_list)
 
-    demo_parser = commands.add_parser(
-        "demo", help="compare optimizers on scikit-learn's digits and write a report"
-    )
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(handler=_cmd_demo)
+    _add_pipeline_commands(commands)
 
     tracking_parser = commands.add_parser("tracking", help="MLflow tracking utilities")
     tracking_commands = tracking_parser.add_subparsers(
@@ -141,11 +211,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.handler not in _LIGHT_HANDLERS:
         _import_library()
+    if args.handler is _cmd_pipeline:
+        return _run_pipeline(args)
     try:
         return args.handler(args)
     except ValueError as error:
         print(f"optsuite {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    """A pipeline command with its exit codes: 2 bad config, 3 lock held, 1 any other failure, 130 Ctrl-C."""
+    import traceback
+
+    from keras_optsuite.pipelines._unattended import LOCK_HELD_EXIT, LockHeld
+    from keras_optsuite.pipelines.config import ConfigError
+
+    try:
+        return _cmd_pipeline(args)
+    except ConfigError as error:
+        print(f"optsuite {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except LockHeld as error:
+        print(f"optsuite {args.command}: {error}", file=sys.stderr)
+        return LOCK_HELD_EXIT
+    except KeyboardInterrupt:
+        print(f"optsuite {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - unattended: say what failed, exit 1
+        traceback.print_exc()
+        print(f"optsuite {args.command}: failed: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -203,6 +203,9 @@ class _TrackedTuner:
         self.tracking_uri = tracking_uri
         self.run_name = run_name
         self.parent_run_id: str | None = None
+        # Set before search() to nest the search's run under another run
+        # (the bake-off puts each optimizer's search under its own run).
+        self.search_parent_run_id: str | None = None
         self.child_runs: dict[str, str] = {}
         self._pruned_at: dict[str, int] = {}
         self._chains: dict[str, str] = {}  # Hyperband trial id -> the first trial of its chain
@@ -315,8 +318,10 @@ class _TrackedTuner:
             resumes = int(client.get_run(self.parent_run_id).data.tags.get(TAG + "resumes", "0")) + 1
             client.set_tag(self.parent_run_id, TAG + "resumes", str(resumes))
             return
-        run = client.create_run(self._experiment_id, run_name=self.run_name,
-                                tags={TAG + "tuner": type(self).__name__})
+        tags = {TAG + "tuner": type(self).__name__}
+        if self.search_parent_run_id is not None:
+            tags["mlflow.parentRunId"] = self.search_parent_run_id
+        run = client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
         self.parent_run_id = run.info.run_id
         from mlflow.entities import Param
 

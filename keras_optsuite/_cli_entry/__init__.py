@@ -1,5 +1,9 @@
 """Entry point of the ``optsuite`` command, which starts without TensorFlow.
 
+Installed as the top-level module ``keras_optsuite_cli`` (pyproject's
+package-dir maps it from ``keras_optsuite/_cli_entry/``): it must live
+outside the ``keras_optsuite`` package to be imported without it.
+
 ``import keras_optsuite`` imports TensorFlow and registers every class with
 Keras (what ``compile(optimizer="keras_optsuite>RAdam")`` and ``load_model``
 rely on); that takes seconds. ``optsuite --help``, ``--version``, ``list``
