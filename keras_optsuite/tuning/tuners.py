@@ -210,6 +210,7 @@ class _TrackedTuner:
         self._pruned_at: dict[str, int] = {}
         self._chains: dict[str, str] = {}  # Hyperband trial id -> the first trial of its chain
         self._pruning = pruning  # also here: a distributed worker's oracle is a gRPC client
+        self._parent_open = False
         self._client = None
         self._uri: str | None = None
         self._experiment_id: str | None = None
@@ -308,8 +309,9 @@ class _TrackedTuner:
 
         from keras_optsuite.callbacks._store import get_or_create_experiment, resolve_tracking_uri
 
-        if self._client is not None:  # a distributed chief opened it already
+        if self._parent_open:  # a distributed chief opened it before serving the oracle
             return
+        self._parent_open = True
         self._uri = resolve_tracking_uri(self.tracking_uri)
         self._client = client = mlflow.MlflowClient(self._uri)
         self._experiment_id = get_or_create_experiment(client, self.experiment)
@@ -497,6 +499,7 @@ class _TrackedTuner:
     def _close_parent(self) -> None:
         self._finish_parent()
         self._client.set_terminated(self.parent_run_id, "FINISHED")
+        self._parent_open = False
 
     def _finish_parent(self) -> None:
         oracle, client, parent = self.oracle, self._client, self.parent_run_id
