@@ -403,7 +403,11 @@ class _TrackedTuner:
             callbacks.append(_EpochReporter(self, trial_id))
         try:
             with tracking:
-                return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+                results = super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+            if trial_id in self._pruned_at and isinstance(results, keras.callbacks.History):
+                # A pruned trial is reported with its last epoch's values (as Optuna does), not its best.
+                return {name: float(values[-1]) for name, values in results.history.items() if values}
+            return results
         except BaseException:
             if tracking.run_id is None:  # failed before fit started: still a FAILED child run
                 run = self._client.create_run(self._experiment_id, run_name=tracking.run_name,
