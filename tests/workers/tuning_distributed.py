@@ -23,6 +23,25 @@ TRIALS = 4
 EPOCHS = 2
 
 
+WORKERS = ("tuner0", "tuner1")
+
+
+def _wait_for_the_other_workers(directory: str, timeout: float = 240.0) -> None:
+    """Test scaffolding: workers start searching together, so each gets trials however slow its start."""
+    import time
+    from pathlib import Path
+
+    role = os.environ["KERASTUNER_TUNER_ID"]
+    if role not in WORKERS:
+        return
+    Path(directory, f"ready-{role}").touch()
+    deadline = time.monotonic() + timeout
+    while not all(Path(directory, f"ready-{w}").exists() for w in WORKERS):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the other worker did not start")
+        time.sleep(0.1)
+
+
 def main(directory: str, tracking_uri: str) -> None:
     from sklearn.datasets import load_digits
 
@@ -41,6 +60,7 @@ def main(directory: str, tracking_uri: str) -> None:
     tuner = RandomSearch(hypermodel, objective="val_loss", max_trials=TRIALS, seed=2, directory=directory,
                          project_name="distributed", experiment="tuning-distributed", tracking_uri=tracking_uri,
                          pruning=MedianPruning(min_trials=100))  # reports every epoch; never prunes
+    _wait_for_the_other_workers(directory)
     tuner.search(x[:640], y[:640], validation_data=(x[1200:], y[1200:]), epochs=EPOCHS, batch_size=64,
                  verbose=0)
     print(f"{os.environ['KERASTUNER_TUNER_ID']} done: parent {tuner.parent_run_id}", flush=True)
