@@ -17,7 +17,11 @@ creation, params, end-of-run artifacts (``MLflowTracking``: final/best
 its end (results table, plots, best logged model, spread over the trials).
 Per-epoch logging inside training is in **training s**. Median over rounds.
 
-    .venv/bin/python benchmarks/tuning_overhead.py [--rounds 3] [--trials 6]
+With ``--memory N`` it instead runs one search of ``N`` trials per tuner and
+prints the process's resident memory (``VmRSS``) after each trial's
+training, to see whether it grows across trials (keras-tuner#873).
+
+    .venv/bin/python benchmarks/tuning_overhead.py [--rounds 3] [--trials 6] [--memory 20]
 """
 
 from __future__ import annotations
@@ -46,6 +50,21 @@ EPOCHS = 2
 BATCH = 64
 
 
+def resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+class Memory(keras.callbacks.Callback):
+    """Appends the resident memory after each trial's training to ``samples``."""
+
+    samples: list[float] = []
+
+    def on_train_end(self, logs=None):
+        Memory.samples.append(resident_mib())
+
+
 class TrainingTime(keras.callbacks.Callback):
     """Adds the time from the first epoch's start to the last epoch's end to ``total``."""
 
@@ -66,7 +85,8 @@ def _build(hp):
     return keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
 
 
-def run(kind: str, directory: str, trials: int, data, tracking_uri: str) -> tuple[float, float]:
+def run(kind: str, directory: str, trials: int, data, tracking_uri: str,
+        extra: list | None = None) -> tuple[float, float]:
     (x, y), validation = data
     hypermodel = tuning.OptimizerHyperModel(
         _build, keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizers=["Adam", "RAdam"])
@@ -80,7 +100,7 @@ def run(kind: str, directory: str, trials: int, data, tracking_uri: str) -> tupl
     TrainingTime.total[0] = 0.0
     start = time.perf_counter()
     tuner.search(x, y, validation_data=validation, epochs=EPOCHS, batch_size=BATCH, verbose=0,
-                 callbacks=[TrainingTime()])
+                 callbacks=[TrainingTime(), *(extra or [])])
     wall = time.perf_counter() - start
     return wall, TrainingTime.total[0]
 
@@ -89,10 +109,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--memory", type=int, default=0, help="trials of the memory run (0: time instead)")
     arguments = parser.parse_args()
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype("float32")
     data = ((x[:1437], y[:1437]), (x[1437:], y[1437:]))
+    if arguments.memory:
+        with tempfile.TemporaryDirectory(prefix="tuning-memory-") as directory:
+            uri = f"sqlite:///{directory}/mlruns/mlflow.db"
+            run("keras_optsuite", os.path.join(directory, "warmup"), 2, data, uri)
+            for kind in ("keras_tuner", "keras_optsuite"):
+                Memory.samples = []
+                run(kind, os.path.join(directory, kind), arguments.memory, data, uri, [Memory()])
+                samples = Memory.samples
+                middle = len(samples) // 2
+                print(f"{kind}: RSS MiB after each trial: {' '.join(f'{m:.0f}' for m in samples)}; "
+                      f"growth per trial over the second half: "
+                      f"{(samples[-1] - samples[middle]) / max(len(samples) - 1 - middle, 1):.2f} MiB")
+        return
     results: dict[str, list[tuple[float, float]]] = {"keras_tuner": [], "keras_optsuite": []}
     with tempfile.TemporaryDirectory(prefix="tuning-overhead-") as directory:
         # One store for every search, as a user has: creating its schema (5 s on SQLite) is untimed.

@@ -9,7 +9,6 @@ import csv
 import io
 
 import keras
-import keras_tuner
 import mlflow
 import numpy as np
 import pytest
@@ -28,8 +27,8 @@ from keras_optsuite.tuning import (
 pytestmark = pytest.mark.xdist_group("tuning")
 
 FAMILIES_SEARCHED = ["Adam", "RAdam", "Prodigy", "SGDMomentum"]
-TRIALS = 6
-EPOCHS = 3
+TRIALS = 5
+EPOCHS = 2
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -196,7 +195,7 @@ def failing_and_pruned_search(digits, shared_mlflow_server_process, tmp_path_fac
                        max_consecutive_failed_trials=3, pruning=MedianPruning(warmup_epochs=1, min_trials=2),
                        directory=str(tmp_path_factory.mktemp("kt")), project_name="grid",
                        experiment="tuning-failures", tracking_uri=server.uri)
-    tuner.search(x, y, validation_data=validation, epochs=4, batch_size=64, verbose=0)
+    tuner.search(x[:640], y[:640], validation_data=validation, epochs=3, batch_size=64, verbose=0)
     return tuner, mlflow.MlflowClient(server.uri)
 
 
@@ -233,12 +232,12 @@ def test_a_trial_worse_than_the_median_is_pruned_and_recorded(failing_and_pruned
     assert run.data.tags["keras_optsuite.pruned_at_epoch"] == "1", "right after the warm-up epoch"
     val_loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"),
                                         key=lambda m: m.step)]
-    assert len(val_loss) == 2, "stopped after epoch 1 of 4"
-    assert trial.status == "COMPLETED" and trial.score == pytest.approx(min(val_loss), rel=1e-6)
+    assert len(val_loss) == 2, "stopped after epoch 1 of 3"
+    assert trial.status == "COMPLETED" and trial.score == pytest.approx(val_loss[-1], rel=1e-6), "its last value"
     assert tuner.oracle.pruned == {trial.trial_id: 1}
     for mode in ("adam_a", "adam_b"):
         assert "keras_optsuite.pruned" not in runs[mode][1].data.tags
-        assert len(client.get_metric_history(runs[mode][1].info.run_id, "val_loss")) == 4
+        assert len(client.get_metric_history(runs[mode][1].info.run_id, "val_loss")) == 3
 
 
 # -- Hyperband: continued trials continue their run -----------------------------------------
@@ -317,3 +316,81 @@ def test_a_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(t
     # epoch 0 finished before the kill; the resumed trial went on from epoch 1
     assert history[0].timestamp < restarted <= history[1].timestamp
     assert all(trial.status == "COMPLETED" for trial in tuner.oracle.trials.values())
+
+
+# -- distributed: Keras Tuner's chief + 2 workers on localhost ---------------------------------
+
+@pytest.mark.slow
+def test_chief_and_two_workers_put_every_trial_under_one_parent_run(tmp_path, mlflow_server):
+    import os
+    import subprocess
+    import sys
+
+    from mlflow_server import free_port
+    from workers import tuning_distributed
+
+    script = os.path.join(os.path.dirname(__file__), "workers", "tuning_distributed.py")
+    port = free_port()
+    processes = {}
+    for role in ("chief", "tuner0", "tuner1"):
+        environment = {**os.environ, "KERASTUNER_TUNER_ID": role, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                       "KERASTUNER_ORACLE_PORT": str(port), "TF_NUM_INTRAOP_THREADS": "1",
+                       "TF_NUM_INTEROP_THREADS": "1"}
+        processes[role] = subprocess.Popen(
+            [sys.executable, script, str(tmp_path), mlflow_server.uri], env=environment,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = {}
+    try:
+        for role, process in processes.items():
+            outputs[role] = process.communicate(timeout=300)[0]
+            assert process.returncode == 0, f"{role}:\n{outputs[role][-4000:]}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    parents = {line.split("parent ")[1] for text in outputs.values() for line in text.splitlines()
+               if " done: parent " in line}
+    assert len(parents) == 1, outputs
+    parent = parents.pop()
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("tuning-distributed").experiment_id
+    runs = client.search_runs([experiment], "", max_results=100)
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent]
+    children = _children(client, parent)
+    assert sorted(children) == [f"{i}" for i in range(tuning_distributed.TRIALS)], "every trial, once"
+    ran_by = {t: run.data.tags["keras_optsuite.tuner_id"] for t, run in children.items()}
+    assert set(ran_by.values()) == {"tuner0", "tuner1"}, ran_by
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    record = client.get_run(parent)
+    assert record.info.status == "FINISHED", "the chief closed the parent when the workers were done"
+    assert "keras_optsuite.best_model_id" in record.data.tags
+    scores = [float(run.data.tags["keras_optsuite.trial_score"]) for run in children.values()]
+    assert record.data.metrics["best_score"] == pytest.approx(min(scores))
+    # every epoch's objective of both workers reached the chief's oracle (where pruning decides)
+    import json
+
+    state = json.loads((tmp_path / "distributed" / "oracle.json").read_text())["keras_optsuite"]
+    assert {t: sorted(v) for t, v in state["epoch_values"].items()} == {
+        t: [str(e) for e in range(tuning_distributed.EPOCHS)] for t in children}
+
+
+@pytest.mark.slow
+def test_bayesian_optimization_runs_defaults_then_its_own_proposal(digits, shared_embedded_tracking_uri, tmp_path):
+    from keras_optsuite.tuning import BayesianOptimization
+
+    (x, y), validation = digits
+    hypermodel = OptimizerHyperModel(_mlp, LOSS, optimizers=["Adam", "RAdam"])
+    tuner = BayesianOptimization(hypermodel, objective="val_loss", max_trials=3, num_initial_points=1, seed=0,
+                                 directory=str(tmp_path), experiment="tuning-bayesian",
+                                 tracking_uri=shared_embedded_tracking_uri)
+    tuner.search(x[:320], y[:320], validation_data=validation, epochs=1, batch_size=64, verbose=0)
+    client = mlflow.MlflowClient(shared_embedded_tracking_uri)
+    trials = [tuner.oracle.trials[t] for t in sorted(tuner.oracle.trials)]
+    assert [t.status for t in trials] == ["COMPLETED"] * 3
+    assert [t.hyperparameters.values["optimizer"] for t in trials[:2]] == ["Adam", "RAdam"]
+    proposed = trials[2].hyperparameters
+    family = proposed.values["optimizer"]
+    active = {k for k in proposed.values if proposed.is_active(k)}
+    assert active == {"optimizer", f"{family}/learning_rate", f"{family}/beta_1"}, "only its family's"
+    children = _children(client, tuner.parent_run_id)
+    assert len(children) == 3 and client.get_run(tuner.parent_run_id).info.status == "FINISHED"

@@ -30,7 +30,7 @@ class MedianPruning:
     :mod:`keras_optsuite.tuning` report each epoch through
     ``oracle.update_trial``), so in a distributed search every worker is
     judged against the same completed trials. A pruned trial stops at the
-    end of that epoch and is reported to the oracle with the epochs it ran.
+    end of that epoch and is reported to the oracle with that epoch's values.
 
     Args:
         warmup_epochs: epochs never pruned (Optuna's ``n_warmup_steps``).

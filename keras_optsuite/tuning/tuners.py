@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import tempfile
 import time
 import traceback
@@ -209,6 +210,7 @@ class _TrackedTuner:
         self._pruned_at: dict[str, int] = {}
         self._chains: dict[str, str] = {}  # Hyperband trial id -> the first trial of its chain
         self._pruning = pruning  # also here: a distributed worker's oracle is a gRPC client
+        self._parent_open = False
         self._client = None
         self._uri: str | None = None
         self._experiment_id: str | None = None
@@ -229,8 +231,21 @@ class _TrackedTuner:
         self._chains = dict(saved.get("chains", {}))
 
     def search(self, *fit_args: Any, **fit_kwargs: Any) -> None:
+        from keras_tuner.src.distribute import utils as distribute_utils
+
+        chief = distribute_utils.is_chief_oracle()
         try:
-            super().search(*fit_args, **fit_kwargs)
+            if chief:
+                # Keras Tuner's chief only serves the oracle to the workers: it opens the
+                # parent run for them (they read its id from the shared project directory),
+                # and records the search's end when the last worker is done.
+                self._open_parent()
+                _write_json(self._parent_file(), {"parent_run_id": self.parent_run_id, "tracking_uri": self._uri})
+            if chief:
+                self._serve_oracle()
+                self._close_parent()
+            else:
+                super().search(*fit_args, **fit_kwargs)
         except BaseException as error:
             if self.parent_run_id is not None and self._client is not None:
                 status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
@@ -238,12 +253,65 @@ class _TrackedTuner:
                 self._client.set_terminated(self.parent_run_id, status)
             raise
 
+    def _serve_oracle(self, poll_seconds: float = 0.5) -> None:
+        """Keras Tuner's chief server (``oracle_chief.start_server``), polling every ``poll_seconds``.
+
+        Keras Tuner's own loop checks every 20 s whether the last worker is
+        done once one has finished, so the chief lingered up to 20 s.
+        """
+        from concurrent import futures
+
+        import grpc
+        from keras_tuner.src.distribute import oracle_chief
+        from keras_tuner.src import protos
+
+        self.save()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        servicer = oracle_chief.OracleServicer(self.oracle)
+        protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+        server.add_insecure_port(f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}")
+        server.start()
+        try:
+            while not (servicer.stop_triggered and oracle_chief.exit_chief(self.oracle)):
+                time.sleep(poll_seconds)
+        finally:
+            server.stop(grace=1.0)
+
+    def _parent_file(self) -> Path:
+        return Path(self.project_dir) / "mlflow_parent_run.json"
+
     def on_search_begin(self) -> None:
         super().on_search_begin()
+        if self._is_worker():
+            self._join_parent()
+        else:
+            self._open_parent()
+
+    def _join_parent(self, timeout: float = 120.0) -> None:
+        """A distributed worker: the chief's parent run (from the shared project directory)."""
+        import mlflow
+
+        from keras_optsuite.callbacks._store import get_or_create_experiment
+
+        deadline = time.monotonic() + timeout
+        while not self._parent_file().exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the chief wrote no {self._parent_file()} within {timeout:.0f} s: "
+                                   "workers need the chief's directory (shared storage)")
+            time.sleep(0.2)
+        saved = json.loads(self._parent_file().read_text())
+        self.parent_run_id, self._uri = saved["parent_run_id"], saved["tracking_uri"]
+        self._client = mlflow.MlflowClient(self._uri)
+        self._experiment_id = get_or_create_experiment(self._client, self.experiment)
+
+    def _open_parent(self) -> None:
         import mlflow
 
         from keras_optsuite.callbacks._store import get_or_create_experiment, resolve_tracking_uri
 
+        if self._parent_open:  # a distributed chief opened it before serving the oracle
+            return
+        self._parent_open = True
         self._uri = resolve_tracking_uri(self.tracking_uri)
         self._client = client = mlflow.MlflowClient(self._uri)
         self._experiment_id = get_or_create_experiment(client, self.experiment)
@@ -301,7 +369,7 @@ class _TrackedTuner:
         trial_id = str(trial.trial_id)
         family = hp.values.get(OPTIMIZER)
         bookkeeping = {k: str(v) for k, v in hp.values.items() if k.startswith(BOOKKEEPING_PREFIX)}
-        tags = {TAG + "trial_id": trial_id, **bookkeeping}
+        tags = {TAG + "trial_id": trial_id, TAG + "tuner_id": str(self.tuner_id), **bookkeeping}
         backup_dir = None
         if "tuner/epochs" in hp.values:  # Hyperband: a continued trial continues its run
             previous = str(hp.values.get("tuner/trial_id") or "")
@@ -335,7 +403,11 @@ class _TrackedTuner:
             callbacks.append(_EpochReporter(self, trial_id))
         try:
             with tracking:
-                return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+                results = super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+            if trial_id in self._pruned_at and isinstance(results, keras.callbacks.History):
+                # A pruned trial is reported with its last epoch's values (as Optuna does), not its best.
+                return {name: float(values[-1]) for name, values in results.history.items() if values}
+            return results
         except BaseException:
             if tracking.run_id is None:  # failed before fit started: still a FAILED child run
                 run = self._client.create_run(self._experiment_id, run_name=tracking.run_name,
@@ -425,11 +497,24 @@ class _TrackedTuner:
 
     def on_search_end(self) -> None:
         super().on_search_end()
+        if not self._is_worker():  # a distributed chief closes the parent for all workers
+            self._close_parent()
+
+    def _close_parent(self) -> None:
         self._finish_parent()
         self._client.set_terminated(self.parent_run_id, "FINISHED")
+        self._parent_open = False
 
     def _finish_parent(self) -> None:
         oracle, client, parent = self.oracle, self._client, self.parent_run_id
+        # Trials other processes ran (distributed workers) are found by their tags.
+        for run in client.search_runs([self._experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
+                                      max_results=10000):
+            trial_id = run.data.tags.get(TAG + "trial_id")
+            if trial_id is not None:
+                self.child_runs.setdefault(trial_id, run.info.run_id)
+                if run.data.tags.get(TAG + "pruned_at_epoch") is not None:
+                    self._pruned_at.setdefault(trial_id, int(run.data.tags[TAG + "pruned_at_epoch"]))
         rows = []
         for trial_id in sorted(oracle.trials, key=lambda t: (len(t), t)):
             trial = oracle.trials[trial_id]
@@ -477,6 +562,12 @@ class _TrackedTuner:
 def _active_values(hp: Any) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in hp.values.items()
             if hp.is_active(k) and not k.startswith(BOOKKEEPING_PREFIX)}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value))
+    temporary.replace(path)  # readers see the whole file or none
 
 
 def _check_budget(**budgets: Any) -> None:

@@ -23,7 +23,7 @@ import keras  # noqa: E402
 OPTIMIZERS = ["Adam", "RAdam", "SGDMomentum"]
 TRIALS = 4
 EPOCHS = 3
-SAMPLES = 640
+SAMPLES = 320
 
 _epochs_done = [0]  # module state: Keras Tuner deep-copies the callbacks of every trial
 
