@@ -68,7 +68,8 @@ def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float) -> 
     round-off eigenvalues count as 0. The zero matrix (no gradient seen
     yet) gives the identity.
     """
-    symmetric = 0.5 * (statistic + tf.linalg.matrix_transpose(statistic))
+    # Halved before adding: a finite statistic near the dtype's maximum stays finite.
+    symmetric = 0.5 * statistic + 0.5 * tf.linalg.matrix_transpose(statistic)
     eigenvalues, eigenvectors = tf.linalg.eigh(symmetric)
     eigenvalues = tf.maximum(eigenvalues, tf.zeros_like(eigenvalues))
     largest = tf.reduce_max(eigenvalues, axis=-1, keepdims=True)
@@ -156,6 +157,7 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
         if self.built:
             return
         super().build(var_list)
+        self._skipped_refreshes = self.add_variable((), "zeros", "int64", name="skipped_refreshes")
         self._layouts = []
         for attribute in self._factor_attributes.values():
             setattr(self, attribute, [])
@@ -194,6 +196,39 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
 
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         raise NotImplementedError
+
+    @property
+    def skipped_refreshes(self) -> int:
+        """How many refreshes kept the previous roots or bases (one per variable and refresh).
+
+        A refresh is skipped when a factor statistic is not finite (a NaN or
+        infinite gradient reached it) or the decomposition's result is not,
+        so a diverging run ends in a NaN loss instead of an error inside the
+        eigensolver.
+        """
+        return int(self._skipped_refreshes.numpy()) if self.built else 0
+
+    def _refresh(self, due: Any, statistics: list[Any], previous: list[Any],
+                 compute: Callable[[], list[Any]]) -> list[Any]:
+        """``compute()`` when ``due`` and every input and result is finite, else ``previous``.
+
+        Counts a due refresh that keeps ``previous`` in ``skipped_refreshes``.
+        """
+        def finite(tensors: list[Any]) -> Any:
+            return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
+
+        def refresh():
+            new = compute()
+            accepted = finite(new)
+            return [tf.where(accepted, n, p) for n, p in zip(new, previous)], accepted
+
+        def keep():
+            return [tf.identity(p) for p in previous], tf.constant(False)
+
+        values, accepted = tf.cond(tf.logical_and(due, finite(statistics)), refresh, keep)
+        skipped = tf.logical_and(due, tf.logical_not(accepted))
+        self.assign_add(self._skipped_refreshes, tf.cast(skipped, "int64"))
+        return values
 
     def _accumulate_statistics(self, blocks: list[Any], index: int, decay: float) -> None:
         """``L = decay L + (1 - decay) G_(i) G_(i)^T`` per block and axis (``decay=1``: ``L += ...``)."""
@@ -244,6 +279,20 @@ class Shampoo(KroneckerFactoredOptimizer):
     variables with no dimension ``<= max_preconditioner_dim`` use ``U = D``
     (``U = g`` when ``grafting=None``). Momentum then averages the update:
     ``m = beta_1 m + (1 - beta_1) U``, ``w -= lr m``.
+
+    With ``grafting=None`` the steps before ``start_preconditioning_step``
+    are plain gradient steps at ``learning_rate``: a learning rate sized for
+    the preconditioned step can diverge there on badly scaled problems
+    (0.1 on a quadratic of condition number 1e4 does); use
+    ``start_preconditioning_step=1`` with ``grafting=None``.
+
+    Non-finite input: a refresh that finds a NaN or infinite statistic (or
+    whose roots come out non-finite) keeps the previous roots and adds one
+    to :attr:`skipped_refreshes`, so a diverging run ends in NaN weights and
+    loss (which ``keras.callbacks.TerminateOnNaN`` and the tuner handle),
+    never in an error inside the eigensolver. Statistics that have seen a
+    non-finite gradient stay non-finite: wrap the optimizer in
+    ``SkipNonFinite`` to skip such steps instead.
 
     Memory per variable (floats): the variable's size each for momentum and
     (Adam/AdaGrad grafting) the second moment; plus, per block and
@@ -371,14 +420,11 @@ class Shampoo(KroneckerFactoredOptimizer):
             tf.equal(tf.math.floormod(since_start, float(self.precondition_frequency)), 0),
         )
 
-        def recompute():
-            values = [tf.convert_to_tensor(s.value) for s in statistics]
-            return _batched_roots(values, layout.exponent, self.matrix_epsilon)
-
-        def keep():
-            return [tf.identity(r.value) for r in roots]
-
-        new_roots = tf.cond(refresh, recompute, keep)
+        values = [tf.convert_to_tensor(s.value) for s in statistics]
+        new_roots = self._refresh(
+            refresh, values, [tf.convert_to_tensor(r.value) for r in roots],
+            lambda: _batched_roots(values, layout.exponent, self.matrix_epsilon),
+        )
         for root, value in zip(roots, new_roots):
             self.assign(root, value)
 

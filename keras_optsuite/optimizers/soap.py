@@ -95,7 +95,10 @@ class SOAP(KroneckerFactoredOptimizer):
     6.7x Adam's (Shampoo's tuned row: 4.4x).
 
     Numerics: factors and bases are float64 for float64 variables and
-    float32 otherwise (float16 variables too).
+    float32 otherwise (float16 variables too). A refresh that finds a NaN
+    or infinite factor (or whose new bases are not finite) keeps the
+    previous bases and adds one to :attr:`skipped_refreshes`: a diverging
+    run ends in NaN weights, never in an error.
 
     Args:
         learning_rate: float, schedule or callable. Defaults to `0.003`.
@@ -173,13 +176,10 @@ class SOAP(KroneckerFactoredOptimizer):
                 pairs, lambda batch: power_iteration_basis(batch[:, 0], batch[:, 1], self.matrix_epsilon)
             )
 
-        def keep():
-            return [tf.identity(q) for q in previous]
-
         due = tf.logical_or(
             tf.equal(t, 1.0), tf.equal(tf.math.floormod(t, float(self.precondition_frequency)), 0)
         )
-        new = tf.cond(due, iterate, keep)
+        new = self._refresh(due, statistics, previous, iterate)
         for basis, value in zip(bases, new):
             self.assign(basis, value)
 
