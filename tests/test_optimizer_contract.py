@@ -313,33 +313,113 @@ def test_norm_clipping_equals_stepping_on_the_clipped_gradient(subject, clip_arg
             np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-9, atol=1e-12)
 
 
+def _sign_balanced_gradients(seed: int = 2, steps: int = 5):
+    """Gradients for the quadratic's (4, 3) matrix and (3,) vector, 100x their size.
+
+    Each matrix column is ``(a, -a, b, -b)``: it has zero mean, and so does
+    any element-wise symmetric clip of it. Gradient centralization (which
+    subtracts the column means), AGC and global-norm clipping (which only
+    shrink) then leave a value-clipped gradient as it is, so stepping on a
+    gradient clipped by hand is the same as letting ``clipvalue`` clip what
+    a chain's transformations hand on (as for ``clipnorm``).
+    """
+    rng = np.random.default_rng(seed)
+    gradients = []
+    for _ in range(steps):
+        a, b = rng.uniform(0.1, 2.0, size=(2, 3))
+        matrix = 100.0 * np.stack([a, -a, b, -b])
+        gradients.append([matrix, 100.0 * rng.normal(size=3)])
+    return gradients
+
+
+def check_clipvalue_equals_stepping_on_the_clipped_gradient(subject):
+    """``clipvalue`` gives the trajectory of stepping on ``clip(g, -v, v)`` by hand.
+
+    ``v`` is the median magnitude of the first gradient the optimizer that
+    owns the option sees, so every step clips some elements and not others.
+    """
+    init, _ = _quadratic_problem()
+    gradients = _sign_balanced_gradients()
+    seen = subject.seen_by_inner(gradients[0], init)
+    limit = float(np.median(np.abs(np.concatenate([g.ravel() for g in seen]))))
+    clipped = subject.create(clipvalue=limit)
+    unclipped = subject.create()
+    assert _innermost_config(clipped.get_config())["clipvalue"] == pytest.approx(limit)
+    a = [keras.Variable(v, dtype="float64") for v in init]
+    b = [keras.Variable(v, dtype="float64") for v in init]
+    for grads in gradients:
+        _apply(clipped, grads, a, subject.micro_steps)
+        seen = subject.seen_by_inner(grads, [v.numpy() for v in b])
+        assert any(np.any(np.abs(g) > limit) for g in seen), "the clip is active"
+        by_hand = [np.clip(g, -limit, limit) for g in seen]
+        _apply(unclipped, by_hand, b, subject.micro_steps)
+        for va, vb in zip(a, b):
+            np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-9, atol=1e-12)
+    rebuilt = subject.cls.from_config(clipped.get_config())
+    assert _innermost(rebuilt).clipvalue == pytest.approx(limit)
+
+
 @applicable("clipvalue")
-def test_clipvalue_is_accepted(subject):
-    optimizer = subject.create(clipvalue=0.5)
-    w = keras.Variable(np.zeros(3), dtype="float64")
-    _apply(optimizer, [np.array([100.0, -100.0, 0.25])], [w], subject.micro_steps)
-    assert np.all(np.isfinite(w.numpy()))
-    rebuilt = subject.cls.from_config(optimizer.get_config())
-    assert _innermost(rebuilt).clipvalue == 0.5
+def test_clipvalue_equals_stepping_on_the_clipped_gradient(subject):
+    check_clipvalue_equals_stepping_on_the_clipped_gradient(subject)
 
 
 # ---------------------------------------------------------------------------
 # Precision, compilation, sparse gradients, distribution.
 # ---------------------------------------------------------------------------
-@by_training_name
-@pytest.mark.slow
-def test_mixed_float16_trains_without_nan(subject, digits):
+class _StateWatch(keras.callbacks.Callback):
+    """Indices (in ``variables``) of the optimizer state that differed from its
+    value at build time after any batch (state reset later still counts)."""
+
+    def __init__(self, variables):
+        super().__init__()
+        self.watched = list(variables)
+        self.initial = [np.array(v.numpy()) for v in self.watched]
+        self.moved: set[int] = set()
+
+    def on_train_batch_end(self, batch, logs=None):
+        for i, (variable, initial) in enumerate(zip(self.watched, self.initial)):
+            if i not in self.moved and not np.array_equal(variable.numpy(), initial):
+                self.moved.add(i)
+
+
+def check_mixed_float16_trains_and_moves_every_state(subject, digits):
+    """``mixed_float16`` trains without NaN, and every optimizer variable that
+    changes during 10 float32 steps also changes during 42 mixed-precision
+    steps (a curvature estimate or second moment left at its initial value
+    fails; state that moves and is reset, as an accumulator, counts as moved)."""
     x, y = digits
+
+    def state_moved(epochs, samples):
+        model = dense_model()
+        model.compile(optimizer=subject.create(), loss=LOSS)
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        watch = _StateWatch(inner.variables)
+        fit = model.fit(x[:samples], y[:samples], batch_size=128, epochs=epochs, verbose=0,
+                        callbacks=[watch])
+        assert len(inner.variables) == len(watch.watched), "optimizer variables created after build"
+        return model, watch.moved, fit.history["loss"], [v.path for v in inner.variables]
+
+    _, moved_float32, _, names = state_moved(1, 1280)
     keras.config.set_dtype_policy("mixed_float16")
-    model = dense_model()
-    model.compile(optimizer=subject.create(), loss=LOSS)
+    model, moved_mixed, history, mixed_names = state_moved(3, len(x))
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model.optimizer.inner_optimizer, subject.cls)
-    history = model.fit(x, y, batch_size=128, epochs=3, verbose=0).history["loss"]
     assert all(np.isfinite(history))
     assert history[-1] < history[0]
     for weight in model.get_weights():
         assert np.all(np.isfinite(weight))
+    assert len(mixed_names) == len(names)
+    stuck = [names[i] for i in sorted(moved_float32 - moved_mixed)]
+    assert not stuck, f"optimizer state that float32 training moves stays put under mixed_float16: {stuck}"
+
+
+@by_training_name
+@pytest.mark.slow
+def test_mixed_float16_trains_and_moves_every_state_float32_moves(subject, digits):
+    check_mixed_float16_trains_and_moves_every_state(subject, digits)
 
 
 @by_training_name
