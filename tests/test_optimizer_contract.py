@@ -571,6 +571,7 @@ INVALID_VALUES = {
     "trust_coefficient": [0.0, -1.0],
     "exclude_from_adaptation": ["bias", [3], ["("], None],
     "grad_averaging": ["yes", 1],
+    "paper_exact": ["yes", 1],
     # wrappers
     "inner": ["no-such-optimizer", 3, keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())],
     "sync_period": [0, 2.5],

@@ -222,7 +222,10 @@ REGISTRY: dict[str, OptimizerSpec] = {
               "start_preconditioning_step": 1},
              {"block_size": 2, "grafting": "sgd", "beta_1": 0.0, "precondition_frequency": 3},
              {"grafting": None, "statistics_decay": 0.5, "max_preconditioner_dim": 3,
-              "exponent_override": 2, "start_preconditioning_step": 1}),
+              "exponent_override": 2, "start_preconditioning_step": 1},
+             # Gupta et al. 2018 exactly (tests/references/shampoo_gupta2018.py).
+             {"paper_exact": True},
+             {"paper_exact": True, "matrix_epsilon": 0.25}),
         ),
         OptimizerSpec(
             SOAP, "preconditioned",
