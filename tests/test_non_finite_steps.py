@@ -1,6 +1,6 @@
 """A NaN or infinite gradient never crashes a step of a method with a matrix decomposition.
 
-Shampoo (eigendecomposition), SOAP (QR, or eigendecomposition in its
+Shampoo (eigendecomposition), SOAP (QR; eigendecomposition in its
 paper-exact mode) and LBFGS (line search over curvature pairs) either end in
 NaN weights, which ``TerminateOnNaN`` and the tuner handle, or skip the
 step; a due refresh over non-finite statistics keeps the previous roots or
@@ -26,6 +26,7 @@ EVERY_STEP = {
         Shampoo, {"start_preconditioning_step": 1, "precondition_frequency": 1, "grafting": None}
     ),
     "SOAP": (SOAP, {"precondition_frequency": 1}),
+    "SOAP(paper_exact)": (SOAP, {"precondition_frequency": 1, "paper_exact": True}),
 }
 
 

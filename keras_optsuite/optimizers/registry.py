@@ -239,7 +239,11 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 0.01, "precondition_frequency": 2, "matrix_epsilon": 0.1},
             ({"precondition_frequency": 1, "shampoo_beta": 1.0},
              {"block_size": 3, "precondition_frequency": 3, "beta_2": 0.999},
-             {"max_preconditioner_dim": 3, "beta_1": 0.0}),
+             {"max_preconditioner_dim": 3, "beta_1": 0.0},
+             # The authors' code exactly (tests/references/soap_authors.py).
+             {"paper_exact": True},
+             {"paper_exact": True, "precondition_frequency": 2, "shampoo_beta": 0.75,
+              "beta_1": 0.875}),
         ),
         OptimizerSpec(
             AdaHessian, "hessian",

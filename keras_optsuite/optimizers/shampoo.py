@@ -234,6 +234,11 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
 
         Counts a due refresh that keeps ``previous`` in ``skipped_refreshes``.
         """
+        return self._refresh_if_finite(due, statistics, previous, compute)[0]
+
+    def _refresh_if_finite(self, due: Any, statistics: list[Any], previous: list[Any],
+                           compute: Callable[[], list[Any]]) -> tuple[list[Any], Any]:
+        """:meth:`_refresh`, and whether the new values were taken."""
         def finite(tensors: list[Any]) -> Any:
             return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
 
@@ -248,7 +253,7 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
         values, accepted = tf.cond(tf.logical_and(due, finite(statistics)), refresh, keep)
         skipped = tf.logical_and(due, tf.logical_not(accepted))
         self.assign_add(self._skipped_refreshes, tf.cast(skipped, "int64"))
-        return values
+        return values, accepted
 
     def _accumulate_statistics(self, blocks: list[Any], index: int, decay: float) -> None:
         """``L = decay L + (1 - decay) G_(i) G_(i)^T`` per block and axis (``decay=1``: ``L += ...``)."""
