@@ -60,6 +60,9 @@ class Subject:
     # Contract checks that do not apply, with the reason (OptimizerSpec.exclusions).
     exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
     inner: str | None = None  # a wrapper's inner optimizer (Inner.id)
+    # Whole-model float32 comparisons (XLA, MirroredStrategy) widen their
+    # tolerance to what a one-ulp change of the data does (test_optimizer_contract.py).
+    rounding_calibrated: bool = False
 
     @property
     def decays_in_update(self) -> bool:
@@ -184,3 +187,27 @@ TRAINING_SUBJECTS.append(dataclasses.replace(
     id="Sophia(gauss_newton_bartlett)",
     tuned={**REGISTRY["Sophia"].tuned, "estimator": "gauss_newton_bartlett"},
 ))
+
+#: Shampoo, SOAP and AdaHessian at their default numerical safeguards. Their
+#: registry rows raise ``matrix_epsilon`` (Shampoo 0.01, SOAP 0.1) and
+#: ``epsilon`` (AdaHessian 0.01) so float32 rounding stays within the fixed
+#: tolerances of the two-worker check; these subjects run the XLA and
+#: MirroredStrategy checks with the defaults instead. Shampoo and SOAP pass
+#: them at the fixed tolerance (rtol 1e-4, atol 1e-5; measured differences
+#: up to 1.5e-6 and 6.2e-6). AdaHessian's default ``epsilon`` 1e-4 makes
+#: steps of ``lr g / epsilon`` where the Hessian diagonal is ~0, which turn a
+#: one-ulp change of the data into a 3e-3 weight change: its tolerance is
+#: calibrated to that (``rounding_calibrated``). The two-worker check
+#: (tests/test_multi_worker_equivalence.py) runs them too, calibrated the same
+#: way for all three (its fixed tolerance is 10x tighter).
+SAFEGUARDED = {"Shampoo": "matrix_epsilon", "SOAP": "matrix_epsilon", "AdaHessian": "epsilon"}
+AT_DEFAULTS = [
+    dataclasses.replace(
+        subject,
+        id=f"{subject.id}(default {SAFEGUARDED[subject.id]})",
+        tuned={k: v for k, v in subject.tuned.items() if k != SAFEGUARDED[subject.id]},
+        rounding_calibrated=subject.id == "AdaHessian",
+    )
+    for subject in OPTIMIZERS
+    if subject.id in SAFEGUARDED
+]

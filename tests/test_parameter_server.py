@@ -161,6 +161,24 @@ def test_train_with_parameter_servers_rejects_models_outside_a_parameter_server_
         train_with_parameter_servers(model, "data.csv", steps=1)
 
 
+@pytest.mark.parametrize("name", ["SAM", "AdaHessian", "Sophia", "LBFGS", "Lookahead(SAM)"])
+def test_train_with_parameter_servers_rejects_optimizers_that_need_a_closure(name):
+    """Each step hands the optimizer gradients only: a method that needs the
+    loss again on the same batch gets a clear error before any cluster work."""
+    import keras
+
+    from keras_optsuite.optimizers import LBFGS, SAM, AdaHessian, Lookahead, Sophia
+
+    optimizer = {
+        "SAM": lambda: SAM(keras.optimizers.SGD()), "AdaHessian": AdaHessian, "Sophia": Sophia,
+        "LBFGS": LBFGS, "Lookahead(SAM)": lambda: Lookahead(SAM(keras.optimizers.SGD())),
+    }[name]()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer, "mse")
+    with pytest.raises(ValueError, match=r"cannot run \w+ .*needs a closure"):
+        train_with_parameter_servers(model, lambda context: None, steps=1)
+
+
 def test_serve_returns_at_once_unless_this_task_is_a_worker_or_ps_of_a_ps_cluster(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert serve_if_worker_or_ps() is None

@@ -128,7 +128,8 @@ def test_memory_layout_matches_the_documented_cost():
     # Momentum and Adam's second moment for every variable, plus iterations and learning rate.
     per_parameter = sum(int(np.prod(v.shape)) for v in (kernel, wide, bias))
     total = sum(int(np.prod(v.shape)) for v in optimizer.variables)
-    assert total == 2 + 2 * per_parameter + kernel_floats + wide_floats
+    # Plus iterations, learning rate and the skipped-refresh counter.
+    assert total == 3 + 2 * per_parameter + kernel_floats + wide_floats
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,10 @@ def test_memory_layout_matches_the_documented_cost():
     [({"grafting": "lbfgs"}, "grafting"), ({"statistics_decay": 1.5}, "statistics_decay"),
      ({"exponent_override": 0}, "exponent_override"), ({"block_size": 0}, "block_size"),
      ({"matrix_epsilon": -1.0}, "matrix_epsilon"),
-     ({"precondition_frequency": 2.5}, "precondition_frequency")],
+     ({"precondition_frequency": 2.5}, "precondition_frequency"),
+     ({"paper_exact": True, "grafting": "sgd"}, "grafting"),
+     ({"paper_exact": True, "beta_1": 0.5}, "beta_1"),
+     ({"paper_exact": True, "matrix_epsilon": 0.0}, "matrix_epsilon")],
 )
 def test_invalid_arguments_name_the_argument(arguments, name):
     with pytest.raises(ValueError, match=name):

@@ -232,7 +232,9 @@ def train_with_parameter_servers(
     Raises:
         ValueError: The model was not created under a
             ``ParameterServerStrategy``, is not compiled, or its optimizer was
-            created outside the scope or already built for other variables.
+            created outside the scope, already built for other variables, or
+            needs a closure (SAM, ASAM, GSAM, AdaHessian, Sophia, LBFGS, or a
+            wrapper around one).
 
     Example::
 
@@ -257,6 +259,7 @@ def train_with_parameter_servers(
     wait_each_step = check_bool("wait_each_step", wait_each_step)
     if not callable(dataset_fn):
         raise ValueError(f"dataset_fn must be a callable (input_context -> tf.data.Dataset), got dataset_fn={dataset_fn!r}")
+    _check_no_closure(getattr(model, "optimizer", None))
     strategy = model.distribute_strategy
     if not isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
         raise ValueError(
@@ -305,6 +308,24 @@ def train_with_parameter_servers(
             coordinator.join()
     coordinator.join()
     return [float(result.fetch()) for result in results]
+
+
+def _check_no_closure(optimizer: Any) -> None:
+    """Reject an optimizer that needs a closure (SAM family, AdaHessian, Sophia, LBFGS).
+
+    Each step here hands the optimizer gradients only; such a method needs
+    the loss again on the same batch (a second pass, Hessian-vector products,
+    a line search), which this loop does not provide.
+    """
+    from keras_optsuite.optimizers.closure import needs_closure
+
+    if optimizer is not None and needs_closure(optimizer):
+        raise ValueError(
+            f"train_with_parameter_servers cannot run {type(optimizer).__name__} ({optimizer.name!r}): "
+            "it needs a closure (the loss and gradients again on the same batch), and each "
+            "parameter-server step hands the optimizer gradients only. Use an optimizer that "
+            "steps on gradients alone."
+        )
 
 
 def _build_optimizer(optimizer: Any, sources: list[Any], strategy: Any) -> None:

@@ -302,7 +302,10 @@ REGISTRY: dict[str, OptimizerSpec] = {
               "start_preconditioning_step": 1},
              {"block_size": 2, "grafting": "sgd", "beta_1": 0.0, "precondition_frequency": 3},
              {"grafting": None, "statistics_decay": 0.5, "max_preconditioner_dim": 3,
-              "exponent_override": 2, "start_preconditioning_step": 1}),
+              "exponent_override": 2, "start_preconditioning_step": 1},
+             # Gupta et al. 2018 exactly (tests/references/shampoo_gupta2018.py).
+             {"paper_exact": True},
+             {"paper_exact": True, "matrix_epsilon": 0.25}),
             search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
@@ -317,7 +320,11 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 0.01, "precondition_frequency": 2, "matrix_epsilon": 0.1},
             ({"precondition_frequency": 1, "shampoo_beta": 1.0},
              {"block_size": 3, "precondition_frequency": 3, "beta_2": 0.999},
-             {"max_preconditioner_dim": 3, "beta_1": 0.0}),
+             {"max_preconditioner_dim": 3, "beta_1": 0.0},
+             # The authors' code exactly (tests/references/soap_authors.py).
+             {"paper_exact": True},
+             {"paper_exact": True, "precondition_frequency": 2, "shampoo_beta": 0.75,
+              "beta_1": 0.875}),
             search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(

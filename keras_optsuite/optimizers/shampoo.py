@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import (
+    check_bool,
     check_choice,
     check_decay_rate,
     check_fraction,
@@ -18,6 +19,11 @@ from keras_optsuite._validation import (
 from keras_optsuite.optimizers._base import OptsuiteOptimizer, dense_gradient, power
 
 _GRAFTING = ("adam", "adagrad", "sgd")
+# What Shampoo(paper_exact=True) sets, and the constructor's defaults it replaces.
+_PAPER_EXACT = {"grafting": None, "beta_1": 0.0, "statistics_decay": 1.0,
+                "precondition_frequency": 1, "start_preconditioning_step": 1}
+_PAPER_EXACT_DEFAULTS = {"grafting": "adam", "beta_1": 0.9, "statistics_decay": 0.999,
+                         "precondition_frequency": 10, "start_preconditioning_step": 10}
 
 
 def _chunks(size: int, block_size: int) -> list[int]:
@@ -60,20 +66,27 @@ def _mode_product(matrix: Any, block: Any, axis: int) -> Any:
     return tf.transpose(product, order)
 
 
-def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float) -> Any:
+def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float,
+                     relative: bool = True) -> Any:
     """``(L + matrix_epsilon * lambda_max(L) * I)^(-1/exponent)`` of a symmetric PSD ``L``.
 
     ``statistic`` may be a batch of matrices (``(..., n, n)``). Computed by
     symmetric eigendecomposition in the dtype of ``statistic``; negative
     round-off eigenvalues count as 0. The zero matrix (no gradient seen
-    yet) gives the identity.
+    yet) gives the identity. ``relative=False``: absolute damping,
+    ``(L + matrix_epsilon * I)^(-1/exponent)`` (the zero matrix gives
+    ``matrix_epsilon^(-1/exponent) I``).
     """
-    symmetric = 0.5 * (statistic + tf.linalg.matrix_transpose(statistic))
+    # Halved before adding: a finite statistic near the dtype's maximum stays finite.
+    symmetric = 0.5 * statistic + 0.5 * tf.linalg.matrix_transpose(statistic)
     eigenvalues, eigenvectors = tf.linalg.eigh(symmetric)
     eigenvalues = tf.maximum(eigenvalues, tf.zeros_like(eigenvalues))
     largest = tf.reduce_max(eigenvalues, axis=-1, keepdims=True)
     epsilon = tf.convert_to_tensor(matrix_epsilon, dtype=statistic.dtype)
-    damped = tf.where(largest > 0, eigenvalues + epsilon * largest, tf.ones_like(eigenvalues))
+    if relative:
+        damped = tf.where(largest > 0, eigenvalues + epsilon * largest, tf.ones_like(eigenvalues))
+    else:
+        damped = eigenvalues + epsilon
     scale = tf.pow(damped, tf.convert_to_tensor(-1.0 / exponent, dtype=statistic.dtype))
     return tf.matmul(eigenvectors * scale[..., None, :], eigenvectors, transpose_b=True)
 
@@ -91,20 +104,23 @@ def _batched(matrices: list[Any], function: Callable[[Any], Any]) -> list[Any]:
     return results
 
 
-def _batched_roots(statistics: list[Any], exponent: float, matrix_epsilon: float) -> list[Any]:
+def _batched_roots(statistics: list[Any], exponent: float, matrix_epsilon: float,
+                   relative: bool = True) -> list[Any]:
     """The roots of ``statistics``, one batched eigendecomposition per distinct shape."""
-    return _batched(statistics, lambda batch: inverse_pth_root(batch, exponent, matrix_epsilon))
+    return _batched(statistics, lambda batch: inverse_pth_root(batch, exponent, matrix_epsilon, relative))
 
 
 class _Layout:
     """How one variable is preconditioned: its blocks and preconditioned axes (static)."""
 
     def __init__(self, shape: tuple[int, ...], block_size: int, max_dim: int,
-                 exponent_override: int | None) -> None:
+                 exponent_override: int | None, precondition_vectors: bool = False) -> None:
         self.shape = shape
-        # Axes larger than max_dim (and every axis of a 0-D/1-D variable) are
-        # not preconditioned and not cut into blocks.
-        self.axes = [a for a, d in enumerate(shape) if d <= max_dim] if len(shape) >= 2 else []
+        # Axes larger than max_dim (and every axis of a 0-D variable, and of a
+        # 1-D one unless precondition_vectors) are not preconditioned and not
+        # cut into blocks.
+        smallest_rank = 1 if precondition_vectors else 2
+        self.axes = [a for a, d in enumerate(shape) if d <= max_dim] if len(shape) >= smallest_rank else []
         self.chunks = [
             _chunks(d, block_size) if a in self.axes else [d] for a, d in enumerate(shape)
         ]
@@ -140,6 +156,9 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
     block_size: int
     max_preconditioner_dim: int
     exponent_override: int | None = None
+    paper_exact: bool = False
+    # Full-matrix preconditioning of 1-D variables (Shampoo's paper-exact mode).
+    _precondition_vectors: bool = False
 
     def _build_slots(self, var_list: list) -> None:
         # In the state dtype (float32 for float16 variables: g^2 overflows float16).
@@ -156,12 +175,15 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
         if self.built:
             return
         super().build(var_list)
+        self._skipped_refreshes = self.add_variable((), "zeros", "int64", name="skipped_refreshes")
         self._layouts = []
         for attribute in self._factor_attributes.values():
             setattr(self, attribute, [])
         for variable in var_list:
-            layout = _Layout(tuple(variable.shape), self.block_size,
-                             self.max_preconditioner_dim, self.exponent_override)
+            # Paper-exact modes do not cut dimensions into blocks.
+            block_size = self.max_preconditioner_dim if self.paper_exact else self.block_size
+            layout = _Layout(tuple(variable.shape), block_size, self.max_preconditioner_dim,
+                             self.exponent_override, self._precondition_vectors)
             dtype = self._state_dtype(variable)
             base = variable.path.replace("/", "_")
             factors: dict[str, list] = {name: [] for name in self._factor_attributes}
@@ -194,6 +216,44 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
 
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         raise NotImplementedError
+
+    @property
+    def skipped_refreshes(self) -> int:
+        """How many refreshes kept the previous roots or bases (one per variable and refresh).
+
+        A refresh is skipped when a factor statistic is not finite (a NaN or
+        infinite gradient reached it) or the decomposition's result is not,
+        so a diverging run ends in a NaN loss instead of an error inside the
+        eigensolver.
+        """
+        return int(self._skipped_refreshes.numpy()) if self.built else 0
+
+    def _refresh(self, due: Any, statistics: list[Any], previous: list[Any],
+                 compute: Callable[[], list[Any]]) -> list[Any]:
+        """``compute()`` when ``due`` and every input and result is finite, else ``previous``.
+
+        Counts a due refresh that keeps ``previous`` in ``skipped_refreshes``.
+        """
+        return self._refresh_if_finite(due, statistics, previous, compute)[0]
+
+    def _refresh_if_finite(self, due: Any, statistics: list[Any], previous: list[Any],
+                           compute: Callable[[], list[Any]]) -> tuple[list[Any], Any]:
+        """:meth:`_refresh`, and whether the new values were taken."""
+        def finite(tensors: list[Any]) -> Any:
+            return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
+
+        def refresh():
+            new = compute()
+            accepted = finite(new)
+            return [tf.where(accepted, n, p) for n, p in zip(new, previous)], accepted
+
+        def keep():
+            return [tf.identity(p) for p in previous], tf.constant(False)
+
+        values, accepted = tf.cond(tf.logical_and(due, finite(statistics)), refresh, keep)
+        skipped = tf.logical_and(due, tf.logical_not(accepted))
+        self.assign_add(self._skipped_refreshes, tf.cast(skipped, "int64"))
+        return values, accepted
 
     def _accumulate_statistics(self, blocks: list[Any], index: int, decay: float) -> None:
         """``L = decay L + (1 - decay) G_(i) G_(i)^T`` per block and axis (``decay=1``: ``L += ...``)."""
@@ -244,6 +304,20 @@ class Shampoo(KroneckerFactoredOptimizer):
     variables with no dimension ``<= max_preconditioner_dim`` use ``U = D``
     (``U = g`` when ``grafting=None``). Momentum then averages the update:
     ``m = beta_1 m + (1 - beta_1) U``, ``w -= lr m``.
+
+    With ``grafting=None`` the steps before ``start_preconditioning_step``
+    are plain gradient steps at ``learning_rate``: a learning rate sized for
+    the preconditioned step can diverge there on badly scaled problems
+    (0.1 on a quadratic of condition number 1e4 does); use
+    ``start_preconditioning_step=1`` with ``grafting=None``.
+
+    Non-finite input: a refresh that finds a NaN or infinite statistic (or
+    whose roots come out non-finite) keeps the previous roots and adds one
+    to :attr:`skipped_refreshes`, so a diverging run ends in NaN weights and
+    loss (which ``keras.callbacks.TerminateOnNaN`` and the tuner handle),
+    never in an error inside the eigensolver. Statistics that have seen a
+    non-finite gradient stay non-finite: wrap the optimizer in
+    ``SkipNonFinite`` to skip such steps instead.
 
     Memory per variable (floats): the variable's size each for momentum and
     (Adam/AdaGrad grafting) the second moment; plus, per block and
@@ -298,6 +372,18 @@ class Shampoo(KroneckerFactoredOptimizer):
             dimensions). Defaults to `None`.
         grafting: `"adam"`, `"adagrad"`, `"sgd"` or `None` (raw Shampoo
             step). Defaults to `"adam"`.
+        paper_exact: `True` runs Gupta et al. 2018's Algorithm 2 exactly:
+            ``H_i = matrix_epsilon I + sum_t G_(i) G_(i)^T`` (absolute
+            damping, added once), roots ``H_i^(-1/2k)`` recomputed every
+            step from step 1, ``w -= lr G x_1 H_1^(-1/2k) ... x_k H_k^(-1/2k)``
+            with no grafting and no momentum; a 1-D variable is an order-1
+            tensor, full-matrix preconditioned by ``H^(-1/2)``; no blocks
+            (dimensions above ``max_preconditioner_dim`` and 0-D variables
+            take the plain gradient step). It sets ``grafting=None``,
+            ``beta_1=0``, ``statistics_decay=1``,
+            ``precondition_frequency=1`` and ``start_preconditioning_step=1``
+            (passing other values of these raises ``ValueError``) and needs
+            ``matrix_epsilon > 0``. Defaults to `False`.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -318,10 +404,29 @@ class Shampoo(KroneckerFactoredOptimizer):
         max_preconditioner_dim: int = 8192,
         exponent_override: int | None = None,
         grafting: str | None = "adam",
+        paper_exact: bool = False,
         name: str = "shampoo",
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.paper_exact = check_bool("paper_exact", paper_exact)
+        if paper_exact:
+            given = {"grafting": grafting, "beta_1": beta_1, "statistics_decay": statistics_decay,
+                     "precondition_frequency": precondition_frequency,
+                     "start_preconditioning_step": start_preconditioning_step}
+            for argument, value in given.items():
+                default, exact = _PAPER_EXACT_DEFAULTS[argument], _PAPER_EXACT[argument]
+                if value != default and value != exact:
+                    raise ValueError(
+                        f"paper_exact=True sets {argument}={exact!r} (Gupta et al. 2018), "
+                        f"got {argument}={value!r}"
+                    )
+            if not matrix_epsilon > 0:
+                raise ValueError(f"paper_exact=True needs matrix_epsilon > 0 (H_0 = matrix_epsilon I), "
+                                 f"got matrix_epsilon={matrix_epsilon!r}")
+            grafting, beta_1, statistics_decay = None, 0.0, 1.0
+            precondition_frequency = start_preconditioning_step = 1
+            self._precondition_vectors = True
         self.beta_1 = check_decay_rate("beta_1", beta_1)
         self.beta_2 = check_decay_rate("beta_2", beta_2)
         self.epsilon = check_non_negative("epsilon", epsilon)
@@ -371,14 +476,12 @@ class Shampoo(KroneckerFactoredOptimizer):
             tf.equal(tf.math.floormod(since_start, float(self.precondition_frequency)), 0),
         )
 
-        def recompute():
-            values = [tf.convert_to_tensor(s.value) for s in statistics]
-            return _batched_roots(values, layout.exponent, self.matrix_epsilon)
-
-        def keep():
-            return [tf.identity(r.value) for r in roots]
-
-        new_roots = tf.cond(refresh, recompute, keep)
+        values = [tf.convert_to_tensor(s.value) for s in statistics]
+        new_roots = self._refresh(
+            refresh, values, [tf.convert_to_tensor(r.value) for r in roots],
+            lambda: _batched_roots(values, layout.exponent, self.matrix_epsilon,
+                                   relative=not self.paper_exact),
+        )
         for root, value in zip(roots, new_roots):
             self.assign(root, value)
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import (
+    check_bool,
     check_decay_rate,
     check_fraction,
     check_non_negative,
@@ -37,6 +38,24 @@ def power_iteration_basis(statistic: Any, basis: Any, matrix_epsilon: float) -> 
     epsilon = tf.convert_to_tensor(matrix_epsilon, dtype=statistic.dtype)
     q, _ = tf.linalg.qr(tf.matmul(statistic, basis) + epsilon * trace * basis)
     return tf.where(trace > 0, q, basis)
+
+
+def descending_eigenbasis(statistic: Any) -> Any:
+    """Eigenvectors of a symmetric ``statistic`` as columns, largest eigenvalue first."""
+    _, eigenvectors = tf.linalg.eigh(statistic)
+    return tf.reverse(eigenvectors, axis=[-1])
+
+
+def sorting_order(statistic: Any, basis: Any) -> Any:
+    """The columns of ``basis`` by estimated eigenvalue ``diag(Q^T L Q)``, largest first (stable)."""
+    estimated = tf.reduce_sum(basis * tf.matmul(statistic, basis), axis=-2)
+    return tf.argsort(estimated, direction="DESCENDING", stable=True)
+
+
+def sorted_power_iteration(statistic: Any, basis: Any, order: Any) -> Any:
+    """The authors' refresh: ``Q`` of ``QR(L Q[:, order])`` (one unshifted power iteration)."""
+    q, _ = tf.linalg.qr(tf.matmul(statistic, tf.gather(basis, order, axis=-1)))
+    return q
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -77,6 +96,7 @@ class SOAP(KroneckerFactoredOptimizer):
     eigenbasis over the refreshes; ``matrix_epsilon=0`` is the unshifted
     iteration. The authors' code also reorders the basis by estimated
     eigenvalue before each iteration; this one does not.
+    ``paper_exact=True`` runs the authors' code instead (see below).
 
     So step 1 is a plain Adam step, as are every step of 1-D variables and
     of variables with no dimension ``<= max_preconditioner_dim`` (identity
@@ -95,7 +115,10 @@ class SOAP(KroneckerFactoredOptimizer):
     6.7x Adam's (Shampoo's tuned row: 4.4x).
 
     Numerics: factors and bases are float64 for float64 variables and
-    float32 otherwise (float16 variables too).
+    float32 otherwise (float16 variables too). A refresh that finds a NaN
+    or infinite factor (or whose new bases are not finite) keeps the
+    previous bases and adds one to :attr:`skipped_refreshes`: a diverging
+    run ends in NaN weights, never in an error.
 
     Args:
         learning_rate: float, schedule or callable. Defaults to `0.003`.
@@ -114,6 +137,22 @@ class SOAP(KroneckerFactoredOptimizer):
             Defaults to `128`.
         max_preconditioner_dim: dimensions larger than this keep the
             identity basis and are not blocked, >= 1. Defaults to `8192`.
+        paper_exact: `True` runs the SOAP authors' code
+            (github.com/nikhilvyas/SOAP, the release of the paper) exactly:
+            the first call only accumulates the factors and sets the bases
+            to their eigenvectors (largest eigenvalue first), without
+            changing the weights or moments; every later call ``c`` takes
+            an Adam step in those bases with ``s = c - 1`` as its step
+            count, ``n = m' / (sqrt(v) + epsilon)`` and step size
+            ``lr sqrt(1 - beta_2^s) / (1 - beta_1^s)``, then accumulates the
+            factors and, when ``s`` is a multiple of
+            ``precondition_frequency``, sorts each basis by its estimated
+            eigenvalues ``diag(Q^T L Q)`` (permuting ``v`` alike) and runs
+            one unshifted power iteration ``Q = QR(L Q)``. No blocks
+            (``block_size`` is not used). It sets ``matrix_epsilon=0``
+            (other values raise ``ValueError``). ``weight_decay`` stays
+            Keras's decoupled decay before the step (the authors decay
+            after it). Defaults to `False`.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -133,10 +172,19 @@ class SOAP(KroneckerFactoredOptimizer):
         precondition_frequency: int = 10,
         block_size: int = 128,
         max_preconditioner_dim: int = 8192,
+        paper_exact: bool = False,
         name: str = "soap",
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.paper_exact = check_bool("paper_exact", paper_exact)
+        if paper_exact:
+            if matrix_epsilon not in (1e-3, 0.0):
+                raise ValueError(
+                    "paper_exact=True runs the authors' unshifted power iteration "
+                    f"(matrix_epsilon=0), got matrix_epsilon={matrix_epsilon!r}"
+                )
+            matrix_epsilon = 0.0
         self.beta_1 = check_decay_rate("beta_1", beta_1)
         self.beta_2 = check_decay_rate("beta_2", beta_2)
         self.epsilon = check_non_negative("epsilon", epsilon)
@@ -173,13 +221,10 @@ class SOAP(KroneckerFactoredOptimizer):
                 pairs, lambda batch: power_iteration_basis(batch[:, 0], batch[:, 1], self.matrix_epsilon)
             )
 
-        def keep():
-            return [tf.identity(q) for q in previous]
-
         due = tf.logical_or(
             tf.equal(t, 1.0), tf.equal(tf.math.floormod(t, float(self.precondition_frequency)), 0)
         )
-        new = tf.cond(due, iterate, keep)
+        new = self._refresh(due, statistics, previous, iterate)
         for basis, value in zip(bases, new):
             self.assign(basis, value)
 
@@ -191,6 +236,8 @@ class SOAP(KroneckerFactoredOptimizer):
 
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         """The change ``lr * n`` of the variable (updates every state)."""
+        if self.paper_exact:
+            return self._authors_step(gradient, variable, learning_rate, t)
         index = self._get_variable_index(variable)
         layout = self._layouts[index]
         momentum, velocity = self._slot("momentum", variable), self._slot("velocity", variable)
@@ -212,3 +259,61 @@ class SOAP(KroneckerFactoredOptimizer):
             with tf.control_dependencies([direction]):
                 self._refresh_bases(index, t)
         return learning_rate * direction
+
+    def _authors_step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
+        """One call of the authors' ``step`` (``paper_exact``): the change of the variable."""
+        index = self._get_variable_index(variable)
+        layout = self._layouts[index]
+        momentum, velocity = self._slot("momentum", variable), self._slot("velocity", variable)
+        first = tf.equal(t, 1.0)
+        s = tf.maximum(t - 1.0, 1.0)  # the authors' step count (unused at the first call)
+        bases = [tf.convert_to_tensor(b.value) for b in self._bases[index]]
+        new_first = self.beta_1 * momentum + (1.0 - self.beta_1) * gradient
+        if layout.preconditioned:
+            rotated_gradient = self._rotate(gradient, index, bases, back=False)
+            rotated_first = self._rotate(new_first, index, bases, back=False)
+        else:
+            rotated_gradient, rotated_first = gradient, new_first
+        new_second = self.beta_2 * velocity + (1.0 - self.beta_2) * ops.square(rotated_gradient)
+        direction = rotated_first / (ops.sqrt(new_second) + self.epsilon)
+        if layout.preconditioned:
+            direction = self._rotate(direction, index, bases, back=True)
+        step_size = learning_rate * ops.sqrt(1.0 - power(self.beta_2, s)) / (1.0 - power(self.beta_1, s))
+        change = tf.where(first, tf.zeros_like(direction), step_size * direction)
+        change = tf.identity(change)
+        self.assign(momentum, tf.where(first, tf.convert_to_tensor(momentum.value), new_first))
+        new_second = tf.where(first, tf.convert_to_tensor(velocity.value), new_second)
+        if layout.preconditioned:
+            with tf.control_dependencies([change]):
+                self._accumulate_statistics([gradient], index, self.shampoo_beta)
+                new_second = self._authors_refresh(index, first, t - 1.0, new_second)
+        self.assign(velocity, new_second)
+        return change
+
+    def _authors_refresh(self, index: int, first: Any, s: Any, second: Any) -> Any:
+        """Eigenbases at the first call, sorted power iteration when due; returns ``v`` (permuted)."""
+        layout = self._layouts[index]
+        statistics = [tf.convert_to_tensor(f.value) for f in self._statistics[index]]
+        previous = [tf.convert_to_tensor(b.value) for b in self._bases[index]]
+        orders = [sorting_order(f, q) for f, q in zip(statistics, previous)]
+
+        def compute():
+            return tf.cond(
+                first,
+                lambda: [descending_eigenbasis(f) for f in statistics],
+                lambda: [sorted_power_iteration(f, q, o) for f, q, o in zip(statistics, previous, orders)],
+            )
+
+        due = tf.logical_or(
+            first,
+            tf.logical_and(s > 0, tf.equal(tf.math.floormod(s, float(self.precondition_frequency)), 0)),
+        )
+        new, accepted = self._refresh_if_finite(due, statistics, previous, compute)
+        for basis, value in zip(self._bases[index], new):
+            self.assign(basis, value)
+        # One block per variable (no blocks in this mode): factor j is axis layout.axes[j].
+        permuted = second
+        for order, axis in zip(orders, layout.axes):
+            permuted = tf.gather(permuted, order, axis=axis)
+        sort = tf.logical_and(accepted, tf.logical_not(first))
+        return tf.where(sort, permuted, second)

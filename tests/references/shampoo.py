@@ -27,6 +27,8 @@ import itertools
 
 import numpy as np
 
+from references import shampoo_gupta2018
+
 
 def _block_starts(size, block_size):
     return [(start, min(start + block_size, size)) for start in range(0, size, block_size)]
@@ -76,7 +78,9 @@ def mode_multiply(block, matrix, i):
     return np.moveaxis(product, 0, i)
 
 
-def init_state(param, *, block_size=128, max_preconditioner_dim=8192, **_):
+def init_state(param, *, block_size=128, max_preconditioner_dim=8192, paper_exact=False, **hyper):
+    if paper_exact:  # Gupta et al. 2018 as published: its own transcription
+        return shampoo_gupta2018.init_state(param, **hyper)
     dims, blocks = _layout(param.shape, block_size, max_preconditioner_dim)
     state = {
         "m": np.zeros_like(param, dtype=np.float64),
@@ -93,8 +97,11 @@ def init_state(param, *, block_size=128, max_preconditioner_dim=8192, **_):
 def update(param, grad, state, t, learning_rate, *, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
            statistics_decay=0.999, matrix_epsilon=1e-3, precondition_frequency=10,
            start_preconditioning_step=10, block_size=128, max_preconditioner_dim=8192,
-           exponent_override=None, grafting="adam"):
+           exponent_override=None, grafting="adam", paper_exact=False):
     """Return the new parameter after step t (1-based). Mutates state."""
+    if paper_exact:
+        return shampoo_gupta2018.update(param, grad, state, t, learning_rate,
+                                        matrix_epsilon=matrix_epsilon)
     w = np.asarray(param, dtype=np.float64)
     g = np.asarray(grad, dtype=np.float64)
 

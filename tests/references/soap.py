@@ -27,10 +27,13 @@ follow Shampoo's reference layout.
 """
 import numpy as np
 
+from references import soap_authors
 from references.shampoo import _layout, mode_multiply, unfolded_gram
 
 
-def init_state(param, *, block_size=128, max_preconditioner_dim=8192, **_):
+def init_state(param, *, block_size=128, max_preconditioner_dim=8192, paper_exact=False, **_):
+    if paper_exact:  # the authors' code: its own transcription
+        return soap_authors.init_state(param, max_preconditioner_dim=max_preconditioner_dim)
     dims, blocks = _layout(param.shape, block_size, max_preconditioner_dim)
     shapes = [[param[blk].shape[d] for d in dims] for blk in blocks]
     return {
@@ -65,8 +68,12 @@ def _power_iteration(p, q, matrix_epsilon):
 
 def update(param, grad, state, t, learning_rate, *, beta_1=0.95, beta_2=0.95, epsilon=1e-8,
            shampoo_beta=0.95, matrix_epsilon=1e-3, precondition_frequency=10, block_size=128,
-           max_preconditioner_dim=8192):
+           max_preconditioner_dim=8192, paper_exact=False):
     """Return the new parameter after step t (1-based). Mutates state."""
+    if paper_exact:
+        return soap_authors.update(param, grad, state, t, learning_rate, beta_1=beta_1, beta_2=beta_2,
+                                   epsilon=epsilon, shampoo_beta=shampoo_beta,
+                                   precondition_frequency=precondition_frequency)
     w = np.asarray(param, dtype=np.float64)
     g = np.asarray(grad, dtype=np.float64)
     dims = state["dims"]
