@@ -7,6 +7,7 @@ the leaderboard are checked against the MLflow child runs they summarize.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -126,30 +127,49 @@ def test_unknown_optimizers_and_a_baseline_outside_the_list_are_config_errors(tm
     assert not (tmp_path / "out").exists(), "nothing started"
 
 
-def test_the_command_exits_2_on_a_bad_config_and_names_it(tmp_path):
-    result = _optsuite("train", str(_config(tmp_path)), "--set", "training.epochs=0", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "optsuite train: error: --set training.epochs=0: training.epochs must be a value >= 1" in result.stderr
-    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+def test_the_command_exits_2_on_a_bad_config_and_names_it(tmp_path, monkeypatch, capsys):
+    from keras_optsuite import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", str(_config(tmp_path)), "--set", "training.epochs=0"]) == 2
+    assert ("optsuite train: error: --set training.epochs=0: training.epochs must be a value >= 1"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "outputs").exists()
 
 
 # -- unattended: lock, stale lock, slots ----------------------------------------------------
 
 
-def test_a_held_lock_makes_the_second_run_exit_3_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from pathlib import Path
-        from keras_optsuite.pipelines._unattended import PipelineLock
-        with PipelineLock(Path({str(tmp_path / 'outputs' / 'train' / 'tiny')!r}), "train tiny"):
-            print("held", flush=True)
-            time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+# Another process holding a pipeline's lock, as PipelineLock takes it (flock, then who holds it),
+# without importing the library: the holder starts in a fraction of a second.
+_HOLDER = """
+import fcntl, json, os, socket, sys, time
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-06T02:30:00+00:00",
+                         "pipeline": "train tiny"}).encode())
+print("held", flush=True)
+if sys.argv[2:] == ["die"]:
+    os._exit(9)  # dies holding it: no release
+time.sleep(120)
+"""
+
+
+def test_a_held_lock_makes_the_second_run_exit_3_naming_the_holder(tmp_path, monkeypatch, capsys):
+    from keras_optsuite import cli
+
+    monkeypatch.chdir(tmp_path)
+    lock = tmp_path / "outputs" / "train" / "tiny" / "pipeline.lock"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = _optsuite("train", str(_config(tmp_path)), cwd=tmp_path)
-        assert result.returncode == 3, result.stderr[-2000:]
-        assert f"another run of train tiny holds" in result.stderr and f"pid {holder.pid}" in result.stderr
+        assert cli.main(["train", str(_config(tmp_path)), "--quiet"]) == 3
+        err = capsys.readouterr().err
+        assert "another run of train tiny holds" in err
+        assert f"pid {holder.pid}" in err and "started 2026-12-06T02:30:00+00:00" in err
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists(), "nothing ran"
     finally:
         holder.kill()
         holder.wait()
@@ -157,13 +177,7 @@ def test_a_held_lock_makes_the_second_run_exit_3_naming_the_holder(tmp_path):
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_and_said(tmp_path, capsys):
     directory = tmp_path / "outputs" / "train" / "tiny"
-    holder = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import os
-        from pathlib import Path
-        from keras_optsuite.pipelines._unattended import PipelineLock
-        PipelineLock(Path({str(directory)!r}), "train tiny").__enter__()
-        os._exit(9)  # dies holding it: no release
-    """)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    holder = subprocess.run([sys.executable, "-c", _HOLDER, str(directory / "pipeline.lock"), "die"], timeout=60)
     assert holder.returncode == 9 and json.loads((directory / "pipeline.lock").read_text())["pid"]
     with PipelineLock(directory, "train tiny"):
         assert json.loads((directory / "pipeline.lock").read_text())["pid"] == os.getpid()
@@ -173,7 +187,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_said(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_a_finished_slot_is_not_run_again_and_a_killed_one_resumes_its_run(tmp_path):
+def test_a_finished_slot_is_not_run_again_and_a_killed_one_resumes_its_run(tmp_path, monkeypatch):
     config = _config(tmp_path, experiment="slots", extra="")
     sets = ["--set", "training.epochs=6", "--set", "data.samples=2000"]
     # kill -9 in the middle of the slot's training, then run the slot again: it resumes
@@ -189,15 +203,21 @@ def test_a_finished_slot_is_not_run_again_and_a_killed_one_resumes_its_run(tmp_p
     assert process.returncode == -signal.SIGKILL
     state = json.loads((tmp_path / "outputs/train/tiny/slots/2026-12-06.json").read_text())
     assert state["status"] == "running"
-    resumed = _optsuite("train", str(config), "--slot", "2026-12-06", *sets, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = [s for s in sets if s != "--set"]
+    resumed = train.run_train(load_config(config, overrides), slot="2026-12-06", quiet=True,
+                              output_root=tmp_path / "outputs", out=io.StringIO())
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("slots").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["keras_optsuite.resumes"] == "1"
     epochs = sorted(m.value for m in client.get_metric_history(run.info.run_id, "epoch"))
     assert epochs == [1, 2, 3, 4, 5, 6], "every epoch once, in the one run"
-    again = _optsuite("train", str(config), "--slot", "2026-12-06", *sets, cwd=tmp_path)
-    assert again.returncode == 0 and "already finished" in again.stdout
+    assert resumed["run_id"] == run.info.run_id
+    out = io.StringIO()
+    again = train.run_train(load_config(config, overrides), slot="2026-12-06", output_root=tmp_path / "outputs",
+                            out=out)
+    assert again["run_id"] == run.info.run_id and "already finished" in out.getvalue()
     assert len(client.search_runs([run.info.experiment_id])) == 1, "a finished slot is not run again"
 
 
@@ -313,41 +333,21 @@ def _check_ui(config_path, cwd, optimizer_run_ids):
 
 
 @pytest.mark.slow
-def test_tune_and_compare_against_a_real_server(tmp_path, mlflow_server):
+def test_tune_and_compare_against_a_real_server(tmp_path, monkeypatch, mlflow_server, capsys):
+    from keras_optsuite.pipelines import tune
+
+    monkeypatch.chdir(tmp_path)
     config_path = _config(tmp_path, experiment="bake-off-server", name="server",
                           extra=f'tracking_uri = "{mlflow_server.uri}"\n')
-    result = _optsuite("compare", str(config_path), "--quiet", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "[compare" not in result.stderr, "--quiet: no progress"
+    summary = compare.run_compare(load_config(config_path), quiet=True, output_root=tmp_path / "outputs")
+    assert "[compare" not in capsys.readouterr().err, "quiet: no progress"
     client = mlflow.MlflowClient(mlflow_server.uri)
-    experiment_id = client.get_experiment_by_name("bake-off-server").experiment_id
-    (parent,) = client.search_runs([experiment_id], filter_string="tags.`keras_optsuite.kind` = 'compare'")
-    summary = {
-        "parent_run_id": parent.info.run_id, "report": str(tmp_path / "outputs/compare/server/report.html"),
-        "target": float(parent.data.metrics["target"]),
-        "leaderboard": _read_leaderboard(tmp_path / "outputs/compare/server/leaderboard.csv"),
-    }
     _check_bake_off(client, summary, tmp_path)
-    assert f"winner: {parent.data.tags['keras_optsuite.winner']}" in result.stdout
     assert not (tmp_path / "mlruns" / "mlflow.db").exists(), "everything went to the server"
 
-    tuned = _optsuite("tune", str(config_path), "--set", "tune.trials=2", "--set", "tune.optimizers=['Adam', 'SGD']",
-                      cwd=tmp_path)
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
-    assert "[tune server]" in tuned.stderr, "progress on stderr"
-    (search,) = client.search_runs([experiment_id], filter_string="attributes.run_name = 'tune server'")
+    tuned = tune.run_tune(load_config(config_path, ["tune.trials=2", "tune.optimizers=['Adam', 'SGD']"]),
+                          output_root=tmp_path / "outputs")
+    assert "[tune server]" in capsys.readouterr().err, "progress on stderr"
+    search = client.get_run(tuned["parent_run_id"])
+    assert search.info.run_name == "tune server" and search.info.status == "FINISHED"
     assert len(_children(client, search.info.run_id)) == 2, "one child run per trial"
-
-
-def _read_leaderboard(path):
-    import csv
-
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for key, value in row.items():
-            try:
-                row[key] = float(value)
-            except ValueError:
-                pass
-    return rows
