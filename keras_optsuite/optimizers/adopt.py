@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_positive
@@ -68,15 +69,18 @@ class ADOPT(OptsuiteOptimizer):
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum", variable)
         v = self._slot("velocity", variable)
-        first = self._is_first_step()
-        grad_sq = ops.square(gradient)
-        normalized = gradient / ops.maximum(ops.sqrt(v), self.epsilon)
-        if self.clip_exponent is not None:
-            bound = ops.power(ops.maximum(t - 1.0, 0.0), self.clip_exponent)
-            normalized = ops.clip(normalized, -bound, bound)
-        new_m = ops.where(first, m, self.beta_1 * m + (1.0 - self.beta_1) * normalized)
-        self.assign(m, new_m)
-        self.assign_sub(variable, ops.where(first, ops.zeros_like(new_m), learning_rate * new_m))
-        self.assign(
-            v, ops.where(first, grad_sq, self.beta_2 * v + (1.0 - self.beta_2) * grad_sq)
-        )
+
+        def initialize() -> None:
+            self.assign(v, ops.square(gradient))
+
+        def step() -> None:
+            normalized = gradient / ops.maximum(ops.sqrt(v), self.epsilon)
+            if self.clip_exponent is not None:
+                bound = ops.power(ops.maximum(t - 1.0, 0.0), self.clip_exponent)
+                normalized = tf.clip_by_value(normalized, -bound, bound)
+            self._moving_average(m, normalized, self.beta_1)
+            self.assign_sub(variable, m * learning_rate)
+            self._moving_average(v, ops.square(gradient), self.beta_2)
+
+        # One branch per step, chosen on a scalar: the first step only initializes v.
+        ops.cond(self._is_first_step(), initialize, step)
