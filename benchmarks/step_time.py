@@ -10,8 +10,11 @@ variables (a 1024x1024 kernel, a 1024x64 kernel and their biases). Every
 function is traced first; then, round after round, each one runs
 ``--steps`` steps (interleaved, so a change in machine load hits all rows
 alike) and the median over the rounds is reported with its ratio to
-``keras.optimizers.Adam`` measured in the same process. Prints a Markdown
-table (the one in the README).
+``keras.optimizers.Adam`` measured in the same process. ``--cpu-time``
+runs TensorFlow on one thread and times the process's CPU time instead of
+the wall clock: the work a step does, which load from other processes on a
+shared machine barely changes. Prints a Markdown table (the one in the
+README).
 """
 
 from __future__ import annotations
@@ -93,7 +96,14 @@ def main() -> None:
     )
     parser.add_argument("--names", nargs="*", default=None,
                         help="row names (substrings) to measure besides keras.Adam")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one TensorFlow thread, timed by process CPU time (not wall clock)")
     args = parser.parse_args()
+    clock = time.perf_counter
+    if args.cpu_time:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        clock = time.process_time
 
     runners = {}
     for name, make in candidates(args.only, args.names).items():
@@ -102,9 +112,9 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(args.rounds):
         for name, run_steps in runners.items():  # interleaved
-            start = time.perf_counter()
+            start = clock()
             run_steps()
-            samples[name].append((time.perf_counter() - start) / args.steps)
+            samples[name].append((clock() - start) / args.steps)
         print(f"  round {round_index + 1}/{args.rounds} done", flush=True)
 
     seconds = {name: statistics.median(values) for name, values in samples.items()}
@@ -112,7 +122,7 @@ def main() -> None:
     params = sum(int(np.prod(s)) for s in SHAPES)
     print(
         f"\n{params / 1e6:.2f}M parameters, {args.steps} steps x {args.rounds} interleaved rounds, "
-        f"jit_compile={args.jit}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"jit_compile={args.jit}, {'one thread, CPU time' if args.cpu_time else 'wall clock'}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs\n"
     )
     print("| optimizer | ms / step | vs keras.Adam |")

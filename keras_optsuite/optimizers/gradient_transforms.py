@@ -129,6 +129,8 @@ class AGC(GradientTransformation):
 
     @staticmethod
     def _unit_norm(tensor: Any) -> Any:
+        # (tf.math.reduce_euclidean_norm would skip the squared temporary, but
+        # XLA has no kernel for it.)
         if len(tensor.shape) <= 1:
             return ops.sqrt(ops.sum(ops.square(tensor)))
         return ops.sqrt(ops.sum(ops.square(tensor), axis=_fan_in_axes(tensor), keepdims=True))
@@ -140,9 +142,13 @@ class AGC(GradientTransformation):
         factor = ops.convert_to_tensor(self.clip_factor, dtype=gradient.dtype)
         max_norm = ops.maximum(self._unit_norm(weights), epsilon) * factor
         grad_norm = self._unit_norm(gradient)
-        # The floor only keeps the discarded branch finite for zero gradients.
-        clipped = gradient * (max_norm / ops.maximum(grad_norm, 1e-6))
-        return ops.where(grad_norm > max_norm, clipped, gradient)
+        # The per-unit factor is chosen on the norms (one value per unit), so
+        # the gradient itself is touched once. The floor only keeps the
+        # discarded branch finite for zero gradients.
+        scale = ops.where(
+            grad_norm > max_norm, max_norm / ops.maximum(grad_norm, 1e-6), ops.ones_like(grad_norm)
+        )
+        return gradient * scale
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "clip_factor": self.clip_factor, "epsilon": self.epsilon}
@@ -175,8 +181,9 @@ class ClipByGlobalNorm(GradientTransformation):
         dtype = "float64" if any(
             take and g.dtype == "float64" for g, take in zip(grads, chosen)
         ) else "float32"
+        # l2_loss is sum(x^2) / 2 in one kernel (no squared temporary).
         squares = [
-            ops.sum(ops.square(ops.cast(gradient_values(g), dtype)))
+            2.0 * tf.nn.l2_loss(ops.cast(gradient_values(g), dtype))
             for g, take in zip(grads, chosen) if take
         ]
         if not squares:
