@@ -61,8 +61,12 @@ def candidates(only: str, names: list[str] | None) -> dict:
         found["keras.Lion"] = keras.optimizers.Lion
         found.update({
             spec.name: spec.cls for spec in REGISTRY.values()
-            # Closure methods cannot step on fixed gradients: benchmarks/step_cost.py times them.
+            # Closure methods cannot step on fixed gradients, and the
+            # preconditioned ones (Shampoo, SOAP) are matrix work, not
+            # element-wise: benchmarks/step_cost.py times them in a whole
+            # training step (--names Shampoo SOAP adds them here).
             if not getattr(spec.cls, "needs_closure", False)
+            and (spec.family != "preconditioned" or any(spec.name in n for n in names or ()))
         })
     if only in ("all", "wrappers"):
         # The Keras built-in options closest to our wrappers (none is correct

@@ -65,6 +65,24 @@ def snapshot(value: Any) -> Any:
     return tf.identity(value)
 
 
+def compiled_by_xla() -> bool:
+    """Whether the step being traced will be compiled by XLA (``jit_compile=True``)."""
+    return tf.__internal__.get_enclosing_xla_context() is not None
+
+
+def choose(predicate: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
+    """``if_true()`` if the scalar ``predicate`` holds, else ``if_false()``, at the lower cost.
+
+    For a choice made once per step (the first step, RAdam's rectification).
+    Without XLA every op is a pass over its tensor: ``cond`` runs only the
+    chosen branch. XLA copies the tensors a conditional returns but fuses a
+    select on a scalar into the surrounding elementwise loop: ``where`` there.
+    """
+    if compiled_by_xla():
+        return ops.where(predicate, if_true(), if_false())
+    return ops.cond(predicate, if_true, if_false)
+
+
 def _tf_variable(variable: Any) -> Any:
     return variable.value if isinstance(variable, keras.Variable) else variable
 

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose, power
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -71,8 +71,8 @@ class Adan(OptsuiteOptimizer):
         v = self._slot("difference", variable)
         n = self._slot("velocity", variable)
         previous_slot = self._slot("previous_gradient", variable)
-        # d = 0 at the first step: pick the previous gradient (no tensor work).
-        previous = ops.cond(
+        # d = 0 at the first step: the "previous" gradient is g itself.
+        previous = choose(
             self._is_first_step(), lambda: gradient, lambda: ops.convert_to_tensor(previous_slot)
         )
         difference = gradient - previous

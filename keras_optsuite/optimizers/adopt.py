@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_positive
-from keras_optsuite.optimizers._base import OptsuiteOptimizer
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -69,18 +69,22 @@ class ADOPT(OptsuiteOptimizer):
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum", variable)
         v = self._slot("velocity", variable)
+        first = self._is_first_step()  # only initializes v = g^2
+        grad_sq = ops.square(gradient)
 
-        def initialize() -> None:
-            self.assign(v, ops.square(gradient))
-
-        def step() -> None:
+        def new_momentum() -> Any:
             normalized = gradient / ops.maximum(ops.sqrt(v), self.epsilon)
             if self.clip_exponent is not None:
                 bound = ops.power(ops.maximum(t - 1.0, 0.0), self.clip_exponent)
                 normalized = tf.clip_by_value(normalized, -bound, bound)
-            self._moving_average(m, normalized, self.beta_1)
-            self.assign_sub(variable, m * learning_rate)
-            self._moving_average(v, ops.square(gradient), self.beta_2)
+            return m + (normalized - m) * (1.0 - self.beta_1)
 
-        # One branch per step, chosen on a scalar: the first step only initializes v.
-        ops.cond(self._is_first_step(), initialize, step)
+        m_value = choose(first, lambda: ops.convert_to_tensor(m), new_momentum)
+        self.assign(m, m_value)
+        self.assign_sub(
+            variable,
+            choose(first, lambda: ops.zeros_like(m_value), lambda: m_value * learning_rate),
+        )
+        self.assign(
+            v, choose(first, lambda: grad_sq, lambda: v + (grad_sq - v) * (1.0 - self.beta_2))
+        )

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative
-from keras_optsuite.optimizers._base import OptsuiteOptimizer
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, compiled_by_xla
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -65,7 +65,10 @@ class MADGRAD(OptsuiteOptimizer):
         s = self._slot("gradient_sum", variable)
         nu = self._slot("squared_gradient_sum", variable)
         x0 = self._slot("initial_value", variable)
-        ops.cond(self._is_first_step(), lambda: self.assign(x0, variable), lambda: None)
+        if compiled_by_xla():  # a select fuses into the loop; a conditional would copy x0
+            self.assign(x0, ops.where(self._is_first_step(), variable, x0))
+        else:  # x0 is written once, not copied every step
+            ops.cond(self._is_first_step(), lambda: self.assign(x0, variable), lambda: None)
         step_weight = learning_rate * ops.sqrt(t)
         self.assign_add(s, gradient * step_weight)
         self.assign_add(nu, ops.square(gradient) * step_weight)

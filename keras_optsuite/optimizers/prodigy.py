@@ -15,7 +15,7 @@ from keras_optsuite._validation import (
     check_non_negative,
     check_positive,
 )
-from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction
+from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction, choose, compiled_by_xla
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -126,7 +126,7 @@ class Prodigy(DistanceEstimate):
             x = ops.convert_to_tensor(variable)
             x0_slot = self._slot("initial_value", variable)
             # At the first step x0 is x: the correlation is 0, without a pass over x0.
-            correlation += ops.cond(
+            correlation += choose(
                 first,
                 lambda: ops.zeros((), d_value.dtype),
                 lambda g=g, x=x, x0_slot=x0_slot: ops.cast(ops.sum(g * (x0_slot - x)), d_value.dtype),
@@ -161,6 +161,9 @@ class Prodigy(DistanceEstimate):
 
     def _capture_initial_value(self, variable: Any, first: Any) -> None:
         x0 = self._slot("initial_value", variable)
+        if compiled_by_xla():  # a select fuses into the loop; a conditional would copy x0
+            x0.assign(ops.where(first, variable, x0))
+            return
 
         def capture() -> None:
             x0.assign(variable)

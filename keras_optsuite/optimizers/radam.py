@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_range
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size, choose, power
 
 
 def rectification(t: Any, beta_2: float, sma_threshold: float) -> tuple[Any, Any]:
@@ -54,21 +54,21 @@ def apply_rectified_step(
     ``w -= lr r_t m_hat / (sqrt(v_hat) + epsilon)``, computed as
     ``alpha r_t m / (sqrt(v) + epsilon_hat)`` (``adam_step_size``: the same
     number, with the bias corrections folded into scalars). The branch is
-    chosen once per step on a scalar, so only one of them touches the tensors.
+    chosen once per step on a scalar (``choose``), so without XLA only one
+    of them touches the tensors.
     """
     rectified, r_t = rectification(t, beta_2, sma_threshold)
     alpha, epsilon_hat = adam_step_size(learning_rate, beta_1, beta_2, epsilon, t)
     momentum_rate = learning_rate / (1.0 - power(beta_1, t))
 
-    def adaptive() -> None:
-        optimizer.assign_sub(
-            variable, momentum * (alpha * r_t) / (ops.sqrt(second_moment) + epsilon_hat)
-        )
-
-    def sgd_with_momentum() -> None:
-        optimizer.assign_sub(variable, momentum * momentum_rate)
-
-    ops.cond(rectified, adaptive, sgd_with_momentum)
+    optimizer.assign_sub(
+        variable,
+        choose(
+            rectified,
+            lambda: momentum * (alpha * r_t) / (ops.sqrt(second_moment) + epsilon_hat),
+            lambda: momentum * momentum_rate,
+        ),
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")

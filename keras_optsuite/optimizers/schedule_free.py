@@ -14,7 +14,7 @@ from keras_optsuite._validation import (
     check_non_negative_int,
     check_range,
 )
-from keras_optsuite.optimizers._base import CrossVariableOptimizer, power
+from keras_optsuite.optimizers._base import CrossVariableOptimizer, choose, power
 from keras_optsuite.optimizers._evaluation_weights import SwappedEvaluationWeights
 from keras_optsuite.optimizers.radam import rectification
 
@@ -113,14 +113,9 @@ class _ScheduleFree(SwappedEvaluationWeights, CrossVariableOptimizer):
             dtype = variable.dtype
             y = ops.convert_to_tensor(variable)
             z_slot, x_slot = self._slot("z", variable), self._slot("x", variable)
-            # z and x start at y: picked once per step, no pass over the tensors.
-            z, x = ops.cond(
-                first,
-                lambda y=y: (y, y),
-                lambda z_slot=z_slot, x_slot=x_slot: (
-                    ops.convert_to_tensor(z_slot), ops.convert_to_tensor(x_slot)
-                ),
-            )
+            # z and x start at y.
+            z = choose(first, lambda y=y: y, lambda z_slot=z_slot: ops.convert_to_tensor(z_slot))
+            x = choose(first, lambda y=y: y, lambda x_slot=x_slot: ops.convert_to_tensor(x_slot))
             direction, scale, slot_updates = self._direction(
                 gradient, variable, ops.cast(t, dtype), context
             )
@@ -340,8 +335,7 @@ class ScheduleFreeRAdam(_AdaptiveScheduleFree):
         v_slot = self._slot("velocity", variable)
         v = v_slot + (ops.square(gradient) - v_slot) * (1.0 - self.beta_2)
         root = ops.sqrt(1.0 - power(self.beta_2, t))
-        # Chosen once per step on a scalar: the normalization runs only when rectified.
-        direction = ops.cond(
+        direction = choose(
             rectified, lambda: gradient / (ops.sqrt(v) + self.epsilon * root), lambda: gradient
         )
         return direction, ops.where(rectified, root, ops.ones_like(root)), [(v_slot, v)]
