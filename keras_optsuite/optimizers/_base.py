@@ -65,6 +65,24 @@ def snapshot(value: Any) -> Any:
     return tf.identity(value)
 
 
+def compiled_by_xla() -> bool:
+    """Whether the step being traced will be compiled by XLA (``jit_compile=True``)."""
+    return tf.__internal__.get_enclosing_xla_context() is not None
+
+
+def choose(predicate: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
+    """``if_true()`` if the scalar ``predicate`` holds, else ``if_false()``, at the lower cost.
+
+    For a choice made once per step (the first step, RAdam's rectification).
+    Without XLA every op is a pass over its tensor: ``cond`` runs only the
+    chosen branch. XLA copies the tensors a conditional returns but fuses a
+    select on a scalar into the surrounding elementwise loop: ``where`` there.
+    """
+    if compiled_by_xla():
+        return ops.where(predicate, if_true(), if_false())
+    return ops.cond(predicate, if_true, if_false)
+
+
 def _tf_variable(variable: Any) -> Any:
     return variable.value if isinstance(variable, keras.Variable) else variable
 
@@ -96,6 +114,16 @@ class SlotState:
 
     def _slot(self, slot_name: str, variable: Any) -> Any:
         return self._slots[slot_name][self._get_variable_index(variable)]
+
+    def _moving_average(self, average: Any, value: Any, decay: Any) -> None:
+        """``average = decay average + (1 - decay) value``, in place.
+
+        Written as Keras's Adam writes it, ``average += (value - average) (1 - decay)``:
+        two elementwise kernels and an in-place add, where the textbook form
+        takes three kernels and a copy (without XLA every kernel is a pass
+        over the tensor; benchmarks/step_time.py).
+        """
+        self.assign_add(average, (value - average) * (1.0 - decay))
 
     def _update_each(
         self,
@@ -201,6 +229,10 @@ class OptsuiteOptimizer(SlotState, keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables: list) -> None:
         if not self.decays_in_update:
             super()._apply_weight_decay(variables)
+
+    def _decays(self, variable: Any) -> bool:
+        """Whether ``weight_decay`` applies to ``variable`` (known when tracing: skip the work if not)."""
+        return self.weight_decay is not None and self._use_weight_decay(variable)
 
     def _decay_rate(self, variable: Any, dtype: Any) -> Any:
         """``weight_decay`` for ``variable`` (0 when unset or excluded from decay)."""
@@ -340,6 +372,21 @@ def power(base: float, t: Any) -> Any:
     """``base ** t`` for a Python float base and a tensor step ``t``."""
     # convert_to_tensor, not cast: casting a Python float goes through float32.
     return ops.power(ops.convert_to_tensor(base, dtype=t.dtype), t)
+
+
+def adam_step_size(
+    learning_rate: Any, beta_1: float, beta_2: float, epsilon: float, t: Any
+) -> tuple[Any, Any]:
+    """Adam's bias corrections folded into two scalars: ``(alpha, epsilon_hat)``.
+
+    ``lr m_hat / (sqrt(v_hat) + epsilon) = alpha m / (sqrt(v) + epsilon_hat)``
+    exactly, with ``alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)`` and
+    ``epsilon_hat = epsilon sqrt(1 - beta_2^t)``: epsilon stays where the
+    papers put it (added to ``sqrt(v_hat)``) while the tensor work is Keras's
+    Adam's (no division of ``m`` or ``v`` by their corrections).
+    """
+    root = ops.sqrt(1.0 - power(beta_2, t))
+    return learning_rate * root / (1.0 - power(beta_1, t)), epsilon * root
 
 
 def adam_bias_correction(use: bool, beta_1: float, beta_2: float, t: Any) -> Any:

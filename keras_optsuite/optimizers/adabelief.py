@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_range
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
-from keras_optsuite.optimizers.radam import rectified_direction
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size
+from keras_optsuite.optimizers.radam import apply_rectified_step
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -77,23 +78,20 @@ class AdaBelief(OptsuiteOptimizer):
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum", variable)
         s = self._slot("belief", variable)
-        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-        self.assign(
-            s,
-            self.beta_2 * s
-            + (1.0 - self.beta_2) * ops.square(gradient - m)
-            + self.epsilon,
+        self._moving_average(m, gradient, self.beta_1)
+        # (g - m)^2 in one kernel; epsilon is added to s every step, as in the paper.
+        self.assign_add(
+            s, (tf.math.squared_difference(gradient, m) - s) * (1.0 - self.beta_2) + self.epsilon
         )
         if self.amsgrad:
             s_max = self._slot("belief_max", variable)
             self.assign(s_max, ops.maximum(s_max, s))
             s = s_max
-        m_hat = m / (1.0 - power(self.beta_1, t))
         if self.rectify:
-            direction = rectified_direction(
-                m_hat, s, t, self.beta_2, self.epsilon, self.sma_threshold
+            apply_rectified_step(
+                self, variable, m, s, learning_rate, t,
+                self.beta_1, self.beta_2, self.epsilon, self.sma_threshold,
             )
-        else:
-            s_hat = s / (1.0 - power(self.beta_2, t))
-            direction = m_hat / (ops.sqrt(s_hat) + self.epsilon)
-        self.assign_sub(variable, learning_rate * direction)
+            return
+        alpha, epsilon_hat = adam_step_size(learning_rate, self.beta_1, self.beta_2, self.epsilon, t)
+        self.assign_sub(variable, m * alpha / (ops.sqrt(s) + epsilon_hat))

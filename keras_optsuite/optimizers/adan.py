@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose, power
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -70,22 +70,21 @@ class Adan(OptsuiteOptimizer):
         m = self._slot("momentum", variable)
         v = self._slot("difference", variable)
         n = self._slot("velocity", variable)
-        previous = self._slot("previous_gradient", variable)
-        difference = ops.where(
-            self._is_first_step(), ops.zeros_like(gradient), gradient - previous
+        previous_slot = self._slot("previous_gradient", variable)
+        # d = 0 at the first step: the "previous" gradient is g itself.
+        previous = choose(
+            self._is_first_step(), lambda: gradient, lambda: ops.convert_to_tensor(previous_slot)
         )
-        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-        self.assign(v, self.beta_2 * v + (1.0 - self.beta_2) * difference)
-        self.assign(
-            n,
-            self.beta_3 * n
-            + (1.0 - self.beta_3) * ops.square(gradient + self.beta_2 * difference),
-        )
-        m_hat = m / (1.0 - power(self.beta_1, t))
-        v_hat = v / (1.0 - power(self.beta_2, t))
-        n_hat = n / (1.0 - power(self.beta_3, t))
-        self.assign_sub(
-            variable,
-            learning_rate * (m_hat + self.beta_2 * v_hat) / (ops.sqrt(n_hat) + self.epsilon),
-        )
-        self.assign(previous, gradient)
+        difference = gradient - previous
+        self._moving_average(m, gradient, self.beta_1)
+        self._moving_average(v, difference, self.beta_2)
+        self._moving_average(n, ops.square(gradient + self.beta_2 * difference), self.beta_3)
+        # lr (m_hat + beta_2 v_hat) / (sqrt(n_hat) + epsilon) with the bias
+        # corrections folded into scalars (as adam_step_size does):
+        # alpha (m + k v) / (sqrt(n) + epsilon_hat).
+        first = 1.0 - power(self.beta_1, t)
+        root = ops.sqrt(1.0 - power(self.beta_3, t))
+        k = self.beta_2 * first / (1.0 - power(self.beta_2, t))
+        alpha = learning_rate * root / first
+        self.assign_sub(variable, (m + v * k) * alpha / (ops.sqrt(n) + self.epsilon * root))
+        self.assign(previous_slot, gradient)

@@ -100,13 +100,15 @@ class AdEMAMix(OptsuiteOptimizer):
         m1 = self._slot("fast_momentum", variable)
         m2 = self._slot("slow_momentum", variable)
         nu = self._slot("velocity", variable)
-        beta_3 = self._beta_3(t)
-        self.assign(m1, self.beta_1 * m1 + (1.0 - self.beta_1) * gradient)
-        self.assign(m2, beta_3 * m2 + (1.0 - beta_3) * gradient)
-        self.assign(nu, self.beta_2 * nu + (1.0 - self.beta_2) * ops.square(gradient))
-        m1_hat = m1 / (1.0 - power(self.beta_1, t))
-        nu_hat = nu / (1.0 - power(self.beta_2, t))
+        self._moving_average(m1, gradient, self.beta_1)
+        self._moving_average(m2, gradient, self._beta_3(t))
+        self._moving_average(nu, ops.square(gradient), self.beta_2)
+        # lr (m1_hat + alpha m2) / (sqrt(nu_hat) + epsilon) with the bias
+        # corrections folded into scalars: a (m1 + k m2) / (sqrt(nu) + epsilon_hat).
+        first = 1.0 - power(self.beta_1, t)
+        root = ops.sqrt(1.0 - power(self.beta_2, t))
+        k = self._alpha(t) * first
         self.assign_sub(
             variable,
-            learning_rate * (m1_hat + self._alpha(t) * m2) / (ops.sqrt(nu_hat) + self.epsilon),
+            (m1 + m2 * k) * (learning_rate * root / first) / (ops.sqrt(nu) + self.epsilon * root),
         )

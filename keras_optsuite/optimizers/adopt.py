@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_positive
-from keras_optsuite.optimizers._base import OptsuiteOptimizer
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -68,15 +69,22 @@ class ADOPT(OptsuiteOptimizer):
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum", variable)
         v = self._slot("velocity", variable)
-        first = self._is_first_step()
+        first = self._is_first_step()  # only initializes v = g^2
         grad_sq = ops.square(gradient)
-        normalized = gradient / ops.maximum(ops.sqrt(v), self.epsilon)
-        if self.clip_exponent is not None:
-            bound = ops.power(ops.maximum(t - 1.0, 0.0), self.clip_exponent)
-            normalized = ops.clip(normalized, -bound, bound)
-        new_m = ops.where(first, m, self.beta_1 * m + (1.0 - self.beta_1) * normalized)
-        self.assign(m, new_m)
-        self.assign_sub(variable, ops.where(first, ops.zeros_like(new_m), learning_rate * new_m))
+
+        def new_momentum() -> Any:
+            normalized = gradient / ops.maximum(ops.sqrt(v), self.epsilon)
+            if self.clip_exponent is not None:
+                bound = ops.power(ops.maximum(t - 1.0, 0.0), self.clip_exponent)
+                normalized = tf.clip_by_value(normalized, -bound, bound)
+            return m + (normalized - m) * (1.0 - self.beta_1)
+
+        m_value = choose(first, lambda: ops.convert_to_tensor(m), new_momentum)
+        self.assign(m, m_value)
+        self.assign_sub(
+            variable,
+            choose(first, lambda: ops.zeros_like(m_value), lambda: m_value * learning_rate),
+        )
         self.assign(
-            v, ops.where(first, grad_sq, self.beta_2 * v + (1.0 - self.beta_2) * grad_sq)
+            v, choose(first, lambda: grad_sq, lambda: v + (grad_sq - v) * (1.0 - self.beta_2))
         )

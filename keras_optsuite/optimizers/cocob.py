@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_positive
@@ -75,6 +76,13 @@ class COCOB(LearningRateFree, OptsuiteOptimizer):
     def _slot_names(self) -> tuple[str, ...]:
         return ("max_abs_gradient", "abs_gradient_sum", "reward", "gradient_sum", "displacement")
 
+    def _slot_initializer(self, slot_name: str) -> Any:
+        if slot_name == "max_abs_gradient":
+            # L_0 = epsilon, exactly in the variable's dtype (Keras's Constant
+            # goes through float32): the update then needs no floor.
+            return lambda shape, dtype: tf.fill(shape, tf.constant(self.epsilon, dtype=dtype))
+        return "zeros"
+
     def _update_variable(self, gradient, variable, learning_rate, t):
         max_abs = self._slot("max_abs_gradient", variable)
         abs_sum = self._slot("abs_gradient_sum", variable)
@@ -83,25 +91,20 @@ class COCOB(LearningRateFree, OptsuiteOptimizer):
         displacement = self._slot("displacement", variable)
 
         abs_gradient = ops.abs(gradient)
-        # The slot starts at 0; the floor at epsilon is L_0 = epsilon.
-        new_max_abs = ops.maximum(ops.maximum(max_abs, abs_gradient), self.epsilon)
-        new_abs_sum = abs_sum + abs_gradient
+        # Read before any assignment below: the bet needs them all.
+        new_max_abs = ops.maximum(max_abs, abs_gradient)
         new_reward = ops.maximum(reward - displacement * gradient, 0.0)
-        new_gradient_sum = gradient_sum + gradient
-        bet = (
-            -new_gradient_sum
-            / (new_max_abs * ops.maximum(new_abs_sum + new_max_abs, self.alpha * new_max_abs))
-            * (new_max_abs + new_reward)
-        )
-        new_displacement = learning_rate * bet
-        increment = new_displacement - displacement
-
         self.assign(max_abs, new_max_abs)
-        self.assign(abs_sum, new_abs_sum)
         self.assign(reward, new_reward)
-        self.assign(gradient_sum, new_gradient_sum)
+        self.assign_add(abs_sum, abs_gradient)
+        self.assign_add(gradient_sum, gradient)
+        # bet = -theta (L + Reward) / (L max(G + L, alpha L)); the sign and the
+        # learning rate are one scalar.
+        wealth = (new_max_abs + new_reward) * gradient_sum
+        scale = new_max_abs * ops.maximum(abs_sum + new_max_abs, new_max_abs * self.alpha)
+        new_displacement = wealth / scale * -learning_rate
+        self.assign_add(variable, new_displacement - displacement)
         self.assign(displacement, new_displacement)
-        self.assign_add(variable, increment)
 
     @property
     def estimated_step_size(self) -> float:

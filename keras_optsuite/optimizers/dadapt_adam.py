@@ -104,16 +104,18 @@ class DAdaptAdam(DistanceEstimate):
         new_state = []
         for g, variable in zip(grads, variables):
             dtype = variable.dtype
-            step = ops.cast(dlr, dtype)
             m_slot, v_slot, s_slot = (
                 self._slot(name, variable) for name in ("momentum", "velocity", "s")
             )
-            s_old = ops.convert_to_tensor(s_slot)
-            weighted = ops.sum(g * s_old / (ops.sqrt(v_slot) + self.epsilon))
+            # <g, s / (sqrt(v) + epsilon)> needs s and v before this step: the
+            # one pass over the state that Adam does not make.
+            weighted = ops.sum(g * s_slot / (ops.sqrt(v_slot) + self.epsilon))
+            step = ops.cast(dlr, dtype)
             inner += ops.cast(step * weighted, d_value.dtype)
-            m = self.beta_1 * m_slot + (1.0 - self.beta_1) * step * g
-            v = self.beta_2 * v_slot + (1.0 - self.beta_2) * ops.square(g)
-            s = b * s_old + (1.0 - b) * step * g
+            scaled = g * step
+            m = m_slot + (scaled - m_slot) * (1.0 - self.beta_1)
+            v = v_slot + (ops.square(g) - v_slot) * (1.0 - self.beta_2)
+            s = s_slot + (scaled - s_slot) * (1.0 - b)
             s_norm += ops.cast(ops.sum(ops.abs(s)), d_value.dtype)
             new_state.append((variable, m, m_slot, v, v_slot, s, s_slot))
 
@@ -127,7 +129,8 @@ class DAdaptAdam(DistanceEstimate):
         for variable, m, m_slot, v, v_slot, s, s_slot in new_state:
             dtype = variable.dtype
             x = ops.convert_to_tensor(variable)
-            decay = self._decay_rate(variable, dtype)
-            new_x = x - ops.cast(dlr, dtype) * decay * x - m / (ops.sqrt(v) + self.epsilon)
+            if self._decays(variable):
+                x = x - x * (ops.cast(dlr, dtype) * self._decay_rate(variable, dtype))
+            new_x = x - m / (ops.sqrt(v) + self.epsilon)
             assignments += [(m_slot, m), (v_slot, v), (s_slot, s), (variable, new_x)]
         return assignments

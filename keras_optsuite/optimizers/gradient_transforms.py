@@ -21,11 +21,23 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_bool, check_patterns, check_positive
-from keras_optsuite.optimizers._base import dense_gradient, gradient_values
+from keras_optsuite.optimizers._base import compiled_by_xla, dense_gradient, gradient_values
 
 
-def _fan_in_axes(tensor: Any) -> list[int]:
-    return list(range(len(tensor.shape) - 1))
+def _fan_in_sum(tensor: Any) -> Any:
+    """The sum over every axis but the last, keeping the axes (shape ``(1, ..., 1, units)``).
+
+    Without XLA, computed as ``ones @ tensor.reshape(fan_in, units)``: on CPU
+    the GEMM reduces the columns 4-6x faster than ``sum(axis=...)`` (Eigen's
+    strided column reduction), measured on a 1024x1024 kernel. XLA fuses the
+    plain reduction with its operand (and the GEMM of a square it does not).
+    """
+    if compiled_by_xla():
+        return ops.sum(tensor, axis=list(range(len(tensor.shape) - 1)), keepdims=True)
+    units = tensor.shape[-1]
+    columns = ops.reshape(tensor, (-1, units))
+    ones = ops.ones((1, ops.shape(columns)[0]), dtype=tensor.dtype)
+    return ops.reshape(ops.matmul(ones, columns), (1,) * (len(tensor.shape) - 1) + (units,))
 
 
 def matches_any(variable: Any, patterns: Sequence[str]) -> bool:
@@ -94,7 +106,10 @@ class GradientCentralization(GradientTransformation):
         if len(gradient.shape) < (3 if self.conv_only else 2):
             return gradient
         gradient = dense_gradient(gradient)
-        return gradient - ops.mean(gradient, axis=_fan_in_axes(gradient), keepdims=True)
+        fan_in = 1
+        for size in gradient.shape[:-1]:
+            fan_in *= size
+        return gradient - _fan_in_sum(gradient) / fan_in
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "conv_only": self.conv_only}
@@ -129,9 +144,11 @@ class AGC(GradientTransformation):
 
     @staticmethod
     def _unit_norm(tensor: Any) -> Any:
+        # (tf.math.reduce_euclidean_norm would skip the squared temporary, but
+        # XLA has no kernel for it.)
         if len(tensor.shape) <= 1:
             return ops.sqrt(ops.sum(ops.square(tensor)))
-        return ops.sqrt(ops.sum(ops.square(tensor), axis=_fan_in_axes(tensor), keepdims=True))
+        return ops.sqrt(_fan_in_sum(ops.square(tensor)))
 
     def transform(self, gradient: Any, variable: Any) -> Any:
         gradient = dense_gradient(gradient)
@@ -140,9 +157,13 @@ class AGC(GradientTransformation):
         factor = ops.convert_to_tensor(self.clip_factor, dtype=gradient.dtype)
         max_norm = ops.maximum(self._unit_norm(weights), epsilon) * factor
         grad_norm = self._unit_norm(gradient)
-        # The floor only keeps the discarded branch finite for zero gradients.
-        clipped = gradient * (max_norm / ops.maximum(grad_norm, 1e-6))
-        return ops.where(grad_norm > max_norm, clipped, gradient)
+        # The per-unit factor is chosen on the norms (one value per unit), so
+        # the gradient itself is touched once. The floor only keeps the
+        # discarded branch finite for zero gradients.
+        scale = ops.where(
+            grad_norm > max_norm, max_norm / ops.maximum(grad_norm, 1e-6), ops.ones_like(grad_norm)
+        )
+        return gradient * scale
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "clip_factor": self.clip_factor, "epsilon": self.epsilon}
@@ -175,8 +196,9 @@ class ClipByGlobalNorm(GradientTransformation):
         dtype = "float64" if any(
             take and g.dtype == "float64" for g, take in zip(grads, chosen)
         ) else "float32"
+        # l2_loss is sum(x^2) / 2 in one kernel (no squared temporary).
         squares = [
-            ops.sum(ops.square(ops.cast(gradient_values(g), dtype)))
+            2.0 * tf.nn.l2_loss(ops.cast(gradient_values(g), dtype))
             for g, take in zip(grads, chosen) if take
         ]
         if not squares:

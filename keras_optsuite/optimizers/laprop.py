@@ -60,11 +60,10 @@ class LaProp(OptsuiteOptimizer):
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum", variable)
         n = self._slot("velocity", variable)
-        self.assign(n, self.beta_2 * n + (1.0 - self.beta_2) * ops.square(gradient))
-        n_hat = n / (1.0 - power(self.beta_2, t))
-        self.assign(
-            m,
-            self.beta_1 * m
-            + (1.0 - self.beta_1) * gradient / (ops.sqrt(n_hat) + self.epsilon),
-        )
-        self.assign_sub(variable, learning_rate * m / (1.0 - power(self.beta_1, t)))
+        self._moving_average(n, ops.square(gradient), self.beta_2)
+        # g / (sqrt(n_hat) + epsilon) = root g / (sqrt(n) + epsilon root),
+        # root = sqrt(1 - beta_2^t): the correction folded into scalars.
+        root = ops.sqrt(1.0 - power(self.beta_2, t))
+        normalized = gradient * (root * (1.0 - self.beta_1)) / (ops.sqrt(n) + self.epsilon * root)
+        self.assign_add(m, normalized - m * (1.0 - self.beta_1))
+        self.assign_sub(variable, m * (learning_rate / (1.0 - power(self.beta_1, t))))

@@ -83,10 +83,11 @@ class LazyAdam(OptsuiteOptimizer):
         return ("momentum", "velocity")
 
     def _adam(self, weights, m, v, gradient, learning_rate, t, decay):
-        """Decay then one Adam step; returns the new ``(weights, m, v)``.
+        """Decay then one Adam step on the rows of a sparse step; returns the new ``(weights, m, v)``.
 
         The arithmetic is ``keras.optimizers.Adam``'s, operation for
-        operation, so dense steps agree with it to the last bit in float32.
+        operation (as the dense step's in ``_update_variable``), so dense
+        steps agree with it to the last bit in float32.
         """
         weights = weights - weights * decay * learning_rate
         alpha = (
@@ -98,12 +99,17 @@ class LazyAdam(OptsuiteOptimizer):
         return weights, m, v
 
     def _update_variable(self, gradient, variable, learning_rate, t):
+        # Dense: Keras's Adam, in place (decay only where it applies).
         m = self._slot("momentum", variable)
         v = self._slot("velocity", variable)
-        decay = self._decay_rate(variable, variable.dtype)
-        new_values = self._adam(variable, m, v, gradient, learning_rate, t, decay)
-        for target, value in zip((variable, m, v), new_values):
-            self.assign(target, value)
+        if self._decays(variable):
+            self.assign_sub(variable, variable * self._decay_rate(variable, variable.dtype) * learning_rate)
+        alpha = (
+            learning_rate * ops.sqrt(1.0 - power(self.beta_2, t)) / (1.0 - power(self.beta_1, t))
+        )
+        self._moving_average(m, gradient, self.beta_1)
+        self._moving_average(v, ops.square(gradient), self.beta_2)
+        self.assign_sub(variable, m * alpha / (ops.sqrt(v) + self.epsilon))
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if not isinstance(gradient, tf.IndexedSlices):

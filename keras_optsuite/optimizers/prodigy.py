@@ -15,7 +15,7 @@ from keras_optsuite._validation import (
     check_non_negative,
     check_positive,
 )
-from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction
+from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction, choose, compiled_by_xla
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -112,9 +112,11 @@ class Prodigy(DistanceEstimate):
         dlr = d_value * learning_rate * adam_bias_correction(
             self.use_bias_correction, self.beta_1, self.beta_2, t
         )
-        scaled = d_value / self.d0
-        s_weight = scaled * (d_value if self.safeguard_warmup else dlr)
+        scaled_d = d_value / self.d0
+        s_weight = scaled_d * (d_value if self.safeguard_warmup else dlr)
         first = self._is_first_step()
+        # x0 is written once, at the first step (not copied every step).
+        self._update_each(self._capture_initial_value, variables, shared=(first,))
 
         correlation = ops.zeros((), d_value.dtype)
         s_norm = ops.zeros((), d_value.dtype)
@@ -123,18 +125,22 @@ class Prodigy(DistanceEstimate):
             dtype = variable.dtype
             x = ops.convert_to_tensor(variable)
             x0_slot = self._slot("initial_value", variable)
-            x0 = ops.where(first, x, x0_slot)
-            correlation += ops.cast(ops.sum(g * (x0 - x)), d_value.dtype)
-            d_v = ops.cast(d_value, dtype)
+            # At the first step x0 is x: the correlation is 0, without a pass over x0.
+            correlation += choose(
+                first,
+                lambda: ops.zeros((), d_value.dtype),
+                lambda g=g, x=x, x0_slot=x0_slot: ops.cast(ops.sum(g * (x0_slot - x)), d_value.dtype),
+            )
             s_slot = self._slot("s", variable)
-            s = beta_3 * s_slot + ops.cast(s_weight, dtype) * g
+            s = s_slot * beta_3 + g * ops.cast(s_weight, dtype)
             s_norm += ops.cast(ops.sum(ops.abs(s)), d_value.dtype)
             m_slot, v_slot = self._slot("momentum", variable), self._slot("velocity", variable)
-            m = self.beta_1 * m_slot + (1.0 - self.beta_1) * d_v * g
-            v = self.beta_2 * v_slot + (1.0 - self.beta_2) * ops.square(d_v) * ops.square(g)
-            moments.append((variable, x, x0, x0_slot, s, s_slot, m, m_slot, v, v_slot))
+            scaled = g * ops.cast(d_value, dtype)
+            m = m_slot + (scaled - m_slot) * (1.0 - self.beta_1)
+            v = v_slot + (ops.square(scaled) - v_slot) * (1.0 - self.beta_2)
+            moments.append((variable, x, s, s_slot, m, m_slot, v, v_slot))
 
-        numerator = beta_3 * self._scalars["numerator"] + scaled * dlr * correlation
+        numerator = beta_3 * self._scalars["numerator"] + scaled_d * dlr * correlation
         moved = s_norm > 0.0
         d_hat = self.d_coef * numerator / ops.where(moved, s_norm, 1.0)
         grown = ops.where(ops.equal(d_value, self.d0), ops.maximum(d_value, d_hat), d_value)
@@ -144,11 +150,22 @@ class Prodigy(DistanceEstimate):
         new_d_max = ops.where(moved, new_d_max, d_max)
 
         assignments = [(self._scalars["numerator"], numerator), (d, new_d), (d_max, new_d_max)]
-        for variable, x, x0, x0_slot, s, s_slot, m, m_slot, v, v_slot in moments:
+        for variable, x, s, s_slot, m, m_slot, v, v_slot in moments:
             dtype = variable.dtype
             step = ops.cast(dlr, dtype)
-            denominator = ops.sqrt(v) + ops.cast(new_d, dtype) * self.epsilon
-            decay = self._decay_rate(variable, dtype)
-            new_x = x - step * decay * x - step * m / denominator
-            assignments += [(x0_slot, x0), (s_slot, s), (m_slot, m), (v_slot, v), (variable, new_x)]
+            if self._decays(variable):
+                x = x - x * (step * self._decay_rate(variable, dtype))
+            new_x = x - m * step / (ops.sqrt(v) + ops.cast(new_d, dtype) * self.epsilon)
+            assignments += [(s_slot, s), (m_slot, m), (v_slot, v), (variable, new_x)]
         return assignments
+
+    def _capture_initial_value(self, variable: Any, first: Any) -> None:
+        x0 = self._slot("initial_value", variable)
+        if compiled_by_xla():  # a select fuses into the loop; a conditional would copy x0
+            x0.assign(ops.where(first, variable, x0))
+            return
+
+        def capture() -> None:
+            x0.assign(variable)
+
+        ops.cond(first, capture, lambda: None)

@@ -51,9 +51,13 @@ class QHM(OptsuiteOptimizer):
 
     def _update_variable(self, gradient, variable, learning_rate, t):
         buf = self._slot("momentum_buffer", variable)
-        self.assign(buf, self.momentum * buf + (1.0 - self.momentum) * gradient)
+        self._moving_average(buf, gradient, self.momentum)
+        if self.nu == 0.0:
+            self.assign_sub(variable, gradient * learning_rate)
+            return
+        # (1 - nu) g + nu buf = nu (buf + g (1 - nu) / nu): the weights in scalars.
         self.assign_sub(
-            variable, learning_rate * ((1.0 - self.nu) * gradient + self.nu * buf)
+            variable, (buf + gradient * ((1.0 - self.nu) / self.nu)) * (learning_rate * self.nu)
         )
 
 
@@ -109,10 +113,28 @@ class QHAdam(OptsuiteOptimizer):
         g1 = self._slot("momentum", variable)
         g2 = self._slot("velocity", variable)
         grad_sq = ops.square(gradient)
-        self.assign(g1, self.beta_1 * g1 + (1.0 - self.beta_1) * gradient)
-        self.assign(g2, self.beta_2 * g2 + (1.0 - self.beta_2) * grad_sq)
-        g1_hat = g1 / (1.0 - power(self.beta_1, t))
-        g2_hat = g2 / (1.0 - power(self.beta_2, t))
-        numerator = (1.0 - self.nu_1) * gradient + self.nu_1 * g1_hat
-        denominator = ops.sqrt((1.0 - self.nu_2) * grad_sq + self.nu_2 * g2_hat) + self.epsilon
-        self.assign_sub(variable, learning_rate * numerator / denominator)
+        self._moving_average(g1, gradient, self.beta_1)
+        self._moving_average(g2, grad_sq, self.beta_2)
+        # The bias corrections and the nu weights folded into scalars, exactly:
+        # numerator (1 - nu_1) g + nu_1 g1 / c1 = a (g1 + b g) with
+        # a = nu_1 / c1, b = (1 - nu_1) c1 / nu_1; denominator
+        # sqrt((1 - nu_2) g^2 + nu_2 g2 / c2) + epsilon = r (sqrt(g2 + q g^2) + epsilon / r)
+        # with r = sqrt(nu_2 / c2), q = (1 - nu_2) c2 / nu_2 (c = 1 - beta^t).
+        # nu = 1 drops the gradient term (Adam's tensor work); nu = 0 the average.
+        c1 = 1.0 - power(self.beta_1, t)
+        c2 = 1.0 - power(self.beta_2, t)
+        if self.nu_1 == 0.0:
+            numerator, scale = gradient, ops.ones_like(t)
+        elif self.nu_1 == 1.0:
+            numerator, scale = g1, 1.0 / c1
+        else:
+            numerator = g1 + gradient * ((1.0 - self.nu_1) * c1 / self.nu_1)
+            scale = self.nu_1 / c1
+        if self.nu_2 == 0.0:
+            root, epsilon = ops.abs(gradient), ops.convert_to_tensor(self.epsilon, dtype=t.dtype)
+        else:
+            r = ops.sqrt(self.nu_2 / c2)
+            second = g2 if self.nu_2 == 1.0 else g2 + grad_sq * ((1.0 - self.nu_2) * c2 / self.nu_2)
+            root, epsilon = ops.sqrt(second), self.epsilon / r
+            scale = scale / r
+        self.assign_sub(variable, numerator * (learning_rate * scale) / (root + epsilon))

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_range
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size, choose, power
 
 
 def rectification(t: Any, beta_2: float, sma_threshold: float) -> tuple[Any, Any]:
@@ -33,20 +33,42 @@ def rectification(t: Any, beta_2: float, sma_threshold: float) -> tuple[Any, Any
     return rectified, ops.where(rectified, r_t, ops.ones_like(r_t))
 
 
-def rectified_direction(
-    m_hat: Any, second_moment: Any, t: Any, beta_2: float, epsilon: float, sma_threshold: float
-) -> Any:
-    """RAdam's step direction (Liu et al. 2019, Algorithm 2).
+def apply_rectified_step(
+    optimizer: keras.optimizers.Optimizer,
+    variable: Any,
+    momentum: Any,
+    second_moment: Any,
+    learning_rate: Any,
+    t: Any,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+    sma_threshold: float,
+) -> None:
+    """RAdam's step (Liu et al. 2019, Algorithm 2) from the updated moments.
 
     ``second_moment`` is the *uncorrected* second-moment average. While
     ``rho_t <= sma_threshold`` the variance of the adaptive rate is
-    intractable and the step is SGD with momentum (``m_hat``); afterwards it
-    is the adaptive step scaled by the rectification term ``r_t``.
+    intractable and the step is SGD with momentum, ``w -= lr m_hat``;
+    afterwards it is the adaptive step scaled by the rectification term,
+    ``w -= lr r_t m_hat / (sqrt(v_hat) + epsilon)``, computed as
+    ``alpha r_t m / (sqrt(v) + epsilon_hat)`` (``adam_step_size``: the same
+    number, with the bias corrections folded into scalars). The branch is
+    chosen once per step on a scalar (``choose``), so without XLA only one
+    of them touches the tensors.
     """
     rectified, r_t = rectification(t, beta_2, sma_threshold)
-    v_hat = second_moment / (1.0 - power(beta_2, t))
-    adaptive = r_t * m_hat / (ops.sqrt(v_hat) + epsilon)
-    return ops.where(rectified, adaptive, m_hat)
+    alpha, epsilon_hat = adam_step_size(learning_rate, beta_1, beta_2, epsilon, t)
+    momentum_rate = learning_rate / (1.0 - power(beta_1, t))
+
+    optimizer.assign_sub(
+        variable,
+        choose(
+            rectified,
+            lambda: momentum * (alpha * r_t) / (ops.sqrt(second_moment) + epsilon_hat),
+            lambda: momentum * momentum_rate,
+        ),
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -107,10 +129,9 @@ class RAdam(OptsuiteOptimizer):
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum", variable)
         v = self._slot("velocity", variable)
-        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-        self.assign(v, self.beta_2 * v + (1.0 - self.beta_2) * ops.square(gradient))
-        m_hat = m / (1.0 - power(self.beta_1, t))
-        direction = rectified_direction(
-            m_hat, v, t, self.beta_2, self.epsilon, self.sma_threshold
+        self._moving_average(m, gradient, self.beta_1)
+        self._moving_average(v, ops.square(gradient), self.beta_2)
+        apply_rectified_step(
+            self, variable, m, v, learning_rate, t,
+            self.beta_1, self.beta_2, self.epsilon, self.sma_threshold,
         )
-        self.assign_sub(variable, learning_rate * direction)

@@ -14,7 +14,7 @@ from keras_optsuite._validation import (
     check_non_negative_int,
     check_range,
 )
-from keras_optsuite.optimizers._base import CrossVariableOptimizer, power
+from keras_optsuite.optimizers._base import CrossVariableOptimizer, choose, power
 from keras_optsuite.optimizers._evaluation_weights import SwappedEvaluationWeights
 from keras_optsuite.optimizers.radam import rectification
 
@@ -88,8 +88,14 @@ class _ScheduleFree(SwappedEvaluationWeights, CrossVariableOptimizer):
         """``(factor on gamma_t, context for _direction)``, once per step (override)."""
         return ops.ones_like(t), None
 
-    def _direction(self, gradient: Any, variable: Any, t: Any, context: Any) -> tuple[Any, list]:
-        """``(direction, [(slot, new value), ...])`` for one variable (override)."""
+    def _direction(
+        self, gradient: Any, variable: Any, t: Any, context: Any
+    ) -> tuple[Any, Any, list]:
+        """``(direction, scale, [(slot, new value), ...])`` for one variable (override).
+
+        The ``z`` step is ``gamma_t * scale * direction``: a scalar ``scale``
+        keeps scalar factors (bias corrections) off the tensors.
+        """
         raise NotImplementedError
 
     def _update_all(self, grads, variables, learning_rate, t):
@@ -107,16 +113,19 @@ class _ScheduleFree(SwappedEvaluationWeights, CrossVariableOptimizer):
             dtype = variable.dtype
             y = ops.convert_to_tensor(variable)
             z_slot, x_slot = self._slot("z", variable), self._slot("x", variable)
-            z = ops.where(first, y, z_slot)
-            x = ops.where(first, y, x_slot)
-            direction, slot_updates = self._direction(
+            # z and x start at y.
+            z = choose(first, lambda y=y: y, lambda z_slot=z_slot: ops.convert_to_tensor(z_slot))
+            x = choose(first, lambda y=y: y, lambda x_slot=x_slot: ops.convert_to_tensor(x_slot))
+            direction, scale, slot_updates = self._direction(
                 gradient, variable, ops.cast(t, dtype), context
             )
             step = ops.cast(gamma, dtype)
-            z = z - step * (direction + self._decay_rate(variable, dtype) * y)
+            z = z - direction * (step * scale)
+            if self._decays(variable):
+                z = z - y * (step * self._decay_rate(variable, dtype))
             c_v = ops.cast(c, dtype)
-            x = (1.0 - c_v) * x + c_v * z
-            y = (1.0 - beta) * z + beta * x
+            x = x + (z - x) * c_v
+            y = z + (x - z) * beta
             assignments += slot_updates + [(z_slot, z), (x_slot, x), (variable, y)]
         return assignments
 
@@ -178,7 +187,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         )
 
     def _direction(self, gradient, variable, t, context):
-        return gradient, []
+        return gradient, ops.ones_like(t), []
 
 
 class _AdaptiveScheduleFree(_ScheduleFree):
@@ -189,11 +198,16 @@ class _AdaptiveScheduleFree(_ScheduleFree):
     def _direction_slots(self) -> tuple[str, ...]:
         return ("velocity",)
 
-    def _normalized(self, gradient: Any, variable: Any, t: Any) -> tuple[Any, list]:
+    def _normalized(self, gradient: Any, variable: Any, t: Any) -> tuple[Any, Any, list]:
+        """``g / (sqrt(v_hat) + epsilon)`` as ``root * (g / (sqrt(v) + epsilon root))``.
+
+        ``root = sqrt(1 - beta_2^t)``: the same number with the bias
+        correction in the scalar ``root`` (returned as the scale).
+        """
         v_slot = self._slot("velocity", variable)
-        v = self.beta_2 * v_slot + (1.0 - self.beta_2) * ops.square(gradient)
-        v_hat = v / (1.0 - power(self.beta_2, t))
-        return gradient / (ops.sqrt(v_hat) + self.epsilon), [(v_slot, v)]
+        v = v_slot + (ops.square(gradient) - v_slot) * (1.0 - self.beta_2)
+        root = ops.sqrt(1.0 - power(self.beta_2, t))
+        return gradient / (ops.sqrt(v) + self.epsilon * root), root, [(v_slot, v)]
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -318,5 +332,10 @@ class ScheduleFreeRAdam(_AdaptiveScheduleFree):
         return ops.where(rectified, r_t, before), rectified
 
     def _direction(self, gradient, variable, t, rectified):
-        normalized, slot_updates = self._normalized(gradient, variable, t)
-        return ops.where(rectified, normalized, gradient), slot_updates
+        v_slot = self._slot("velocity", variable)
+        v = v_slot + (ops.square(gradient) - v_slot) * (1.0 - self.beta_2)
+        root = ops.sqrt(1.0 - power(self.beta_2, t))
+        direction = choose(
+            rectified, lambda: gradient / (ops.sqrt(v) + self.epsilon * root), lambda: gradient
+        )
+        return direction, ops.where(rectified, root, ops.ones_like(root)), [(v_slot, v)]

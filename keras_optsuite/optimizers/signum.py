@@ -49,5 +49,5 @@ class Signum(OptsuiteOptimizer):
 
     def _update_variable(self, gradient, variable, learning_rate, t):
         m = self._slot("momentum_buffer", variable)
-        self.assign(m, self.momentum * m + (1.0 - self.momentum) * gradient)
-        self.assign_sub(variable, learning_rate * ops.sign(m))
+        self._moving_average(m, gradient, self.momentum)
+        self.assign_sub(variable, ops.sign(m) * learning_rate)

@@ -12,12 +12,22 @@ from keras_optsuite.optimizers._wrapper import OptimizerWrapper
 
 
 def all_finite(grads: list) -> Any:
-    """One boolean: every entry of every (dense or sparse) gradient is finite."""
-    checks = [
-        ops.all(ops.isfinite(gradient_values(g)))
-        for g in grads if g is not None
-    ]
-    return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
+    """One boolean: every entry of every (dense or sparse) gradient is finite.
+
+    A sum with a NaN or an infinity in it is not finite, so one reduction per
+    tensor (no boolean temporary) settles the usual case; only when a sum is
+    not finite does the exact elementwise test run, which also tells a
+    finite sum that overflowed from a real NaN or infinity.
+    """
+    values = [gradient_values(g) for g in grads if g is not None]
+    if not values:
+        return ops.convert_to_tensor(True)
+    sums = ops.stack([ops.cast(ops.sum(v), "float32") for v in values])
+
+    def exact() -> Any:
+        return ops.all(ops.stack([ops.all(ops.isfinite(v)) for v in values]))
+
+    return ops.cond(ops.all(ops.isfinite(sums)), lambda: ops.convert_to_tensor(True), exact)
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")

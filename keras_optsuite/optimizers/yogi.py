@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -74,8 +74,7 @@ class Yogi(OptsuiteOptimizer):
         m = self._slot("momentum", variable)
         v = self._slot("velocity", variable)
         grad_sq = ops.square(gradient)
-        self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-        self.assign(v, v - (1.0 - self.beta_2) * ops.sign(v - grad_sq) * grad_sq)
-        m_hat = m / (1.0 - power(self.beta_1, t))
-        v_hat = v / (1.0 - power(self.beta_2, t))
-        self.assign_sub(variable, learning_rate * m_hat / (ops.sqrt(v_hat) + self.epsilon))
+        self._moving_average(m, gradient, self.beta_1)
+        self.assign_sub(v, ops.sign(v - grad_sq) * grad_sq * (1.0 - self.beta_2))
+        alpha, epsilon_hat = adam_step_size(learning_rate, self.beta_1, self.beta_2, self.epsilon, t)
+        self.assign_sub(variable, m * alpha / (ops.sqrt(v) + epsilon_hat))
