@@ -614,6 +614,12 @@ class MLflowTracking(keras.callbacks.Callback):
     def _save_if_best(self, logs: Mapping[str, Any]) -> None:
         key = self._monitored(logs)
         if key is None:
+            if not self._history[:-1]:  # said once, at the first epoch (as ModelCheckpoint warns)
+                warnings.warn(
+                    f"MLflowTracking: monitor={self.monitor!r} is not an epoch metric of this fit "
+                    f"({', '.join(sorted(logs)) or 'none'}): no best model is saved; pass one of them",
+                    stacklevel=2,
+                )
             return
         value = float(logs[key])
         mode = self.mode

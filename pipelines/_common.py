@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import keras
 import numpy as np
 
 from keras_optsuite.pipelines.config import ConfigError
@@ -91,8 +92,6 @@ class Context:
 
     def build_model(self, seed: int) -> Any:
         """A new model with the initial weights of ``seed`` (the same for every optimizer)."""
-        import keras
-
         keras.utils.set_random_seed(int(seed))
         return build_model(self.config, self.data)
 
@@ -141,26 +140,20 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[
     return {key: float(value) for key, value in logs.items()}
 
 
-class Curve:
+class Curve(keras.callbacks.Callback):
     """A Keras callback recording, per epoch, the optimizer step, the seconds since fit began and the logs."""
 
-    def __new__(cls) -> Any:
-        import keras
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+        self.rows: list[dict[str, float]] = []
 
-        class _Curve(keras.callbacks.Callback):
-            def on_train_begin(self, logs: dict | None = None) -> None:
-                self.started = time.perf_counter()
-                self.rows: list[dict[str, float]] = []
-
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                self.rows.append({
-                    "epoch": epoch + 1,
-                    "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
-                    "seconds": time.perf_counter() - self.started,
-                    **{k: float(v) for k, v in (logs or {}).items()},
-                })  # fmt: skip
-
-        return _Curve()
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.rows.append({
+            "epoch": epoch + 1,
+            "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
+            "seconds": time.perf_counter() - self.started,
+            **{k: float(v) for k, v in (logs or {}).items()},
+        })  # fmt: skip
 
 
 def first_reaching(rows: list[dict[str, float]], metric: str, target: float, lower: bool) -> dict[str, float] | None:

@@ -28,6 +28,8 @@ from typing import Any, TextIO
 
 import fcntl
 
+import keras
+
 LOCK_HELD_EXIT = 3
 
 
@@ -142,27 +144,25 @@ class Slot:
         os.replace(temporary, self.path)
 
 
-class Progress:
-    """A Keras callback: one line per epoch on ``out`` with elapsed and remaining time."""
+class Progress(keras.callbacks.Callback):
+    """A Keras callback: one line per epoch on ``out`` (stderr) with elapsed and remaining time."""
 
-    def __new__(cls, label: str, epochs: int, quiet: bool = False, out: TextIO | None = None) -> Any:
-        import keras
+    def __init__(self, label: str, epochs: int, quiet: bool = False, out: TextIO | None = None) -> None:
+        super().__init__()
+        self.label, self.epochs, self.quiet, self.out = label, epochs, quiet, out
 
-        class _Progress(keras.callbacks.Callback):
-            def on_train_begin(self, logs: dict | None = None) -> None:
-                self.started = time.monotonic()
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = time.monotonic()
 
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                if quiet:
-                    return
-                elapsed = time.monotonic() - self.started
-                done = epoch + 1
-                left = elapsed / done * (epochs - done)
-                shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if k in _SHOWN)
-                print(f"[{label}] epoch {done}/{epochs} {shown} · {elapsed:.1f} s elapsed, ~{left:.0f} s left",
-                      file=out if out is not None else sys.stderr, flush=True)
-
-        return _Progress()
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        done = epoch + 1
+        left = elapsed / done * (self.epochs - done)
+        shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if k in _SHOWN)
+        print(f"[{self.label}] epoch {done}/{self.epochs} {shown} · {elapsed:.1f} s elapsed, ~{left:.0f} s left",
+              file=self.out if self.out is not None else sys.stderr, flush=True)
 
 
 _SHOWN = ("loss", "val_loss", "accuracy", "val_accuracy", "mae", "val_mae")

@@ -44,6 +44,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping, TextIO
 
+import keras
 import numpy as np
 
 from keras_optsuite.pipelines._common import (
@@ -75,27 +76,26 @@ def _contestants(config: Mapping[str, Any]) -> tuple[list[Contestant], Contestan
     return contestants, baseline
 
 
-class _Announce:
-    """Prints "trial k/n" when each trial starts (shared by the copies Keras Tuner makes of callbacks)."""
+class _Announce(keras.callbacks.Callback):
+    """Prints "trial k/n" when each trial starts.
 
-    def __new__(cls, label: str, trials: int, quiet: bool) -> Any:
-        import keras
+    Keras Tuner deep-copies the callbacks of every trial; the counter lives
+    in a function, which ``deepcopy`` shares instead of copying, so every
+    copy counts on the same one.
+    """
 
+    def __init__(self, label: str, trials: int, quiet: bool) -> None:
+        super().__init__()
         counter = {"trial": 0}
 
         def announce() -> None:
             counter["trial"] += 1
             say(f"[compare {label}] tuning trial {min(counter['trial'], trials)}/{trials}", quiet)
 
-        class _Callback(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.announce = announce  # functions are not deep-copied: one counter for all copies
+        self.announce = announce
 
-            def on_train_begin(self, logs: dict | None = None) -> None:
-                self.announce()
-
-        return _Callback()
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.announce()
 
 
 def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent_run_id: str,
@@ -106,7 +106,6 @@ def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent
     resumed slot neither repeats nor duplicates a finished seed run; an
     unfinished one continues from its backup, in the same MLflow run.
     """
-    import keras
     import mlflow
     from mlflow.entities import Metric
 

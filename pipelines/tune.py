@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
+import keras
+
 from keras_optsuite.pipelines._common import OUTPUT_ROOT, Context, Contestant, context, parse_contestant
 from keras_optsuite.pipelines._unattended import PipelineLock, Progress, Slot, say
+from keras_optsuite.tuning import OptimizerHyperModel
 
 PRUNING_WARMUP_EPOCHS = 2
 PRUNING_MIN_TRIALS = 2
@@ -22,7 +25,7 @@ PRUNING_MIN_TRIALS = 2
 ORDER_SEED_OFFSET = 10_000
 
 
-class SeededHyperModel:
+class SeededHyperModel(OptimizerHyperModel):
     """An ``OptimizerHyperModel`` whose models start from the weights of :attr:`seed`, in one data order.
 
     Every model it builds gets the initial weights drawn from ``seed``, and
@@ -34,25 +37,18 @@ class SeededHyperModel:
     wrapper is then fixed, not searched).
     """
 
-    def __new__(cls, ctx: Context, contestants: Sequence[Contestant], seed: int) -> Any:
-        import keras
-
-        from keras_optsuite.tuning import OptimizerHyperModel
-
+    def __init__(self, ctx: Context, contestants: Sequence[Contestant], seed: int) -> None:
         wrappers = sorted({c.wrapper for c in contestants if c.wrapper})
         if wrappers and len(contestants) > 1:
             raise ValueError("a searched optimizer list cannot mix wrapped optimizers; compare them instead")
-
-        class _Seeded(OptimizerHyperModel):
-            def build(self, hp: Any) -> keras.Model:
-                model = super().build(hp)
-                keras.utils.set_random_seed(int(self.seed) + ORDER_SEED_OFFSET)
-                return model
-
         loss, metrics = ctx.loss_and_metrics()
-        model = _Seeded(lambda hp: ctx.build_model(model.seed), loss=loss, metrics=metrics,
-                        optimizers=[c.family for c in contestants], wrappers=wrappers or None)
-        model.seed = int(seed)
+        super().__init__(lambda hp: ctx.build_model(self.seed), loss=loss, metrics=metrics,
+                         optimizers=[c.family for c in contestants], wrappers=wrappers or None)
+        self.seed = int(seed)
+
+    def build(self, hp: Any) -> keras.Model:
+        model = super().build(hp)
+        keras.utils.set_random_seed(self.seed + ORDER_SEED_OFFSET)
         return model
 
 

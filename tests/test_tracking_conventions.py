@@ -255,3 +255,12 @@ def test_ctrl_c_without_the_context_manager_exits_as_sigint_and_ends_the_run_kil
     (run,) = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
     assert run.info.status == "KILLED"
     assert np.isfinite(run.data.metrics["loss"])
+
+
+def test_a_monitor_that_names_no_metric_is_said_once_and_no_best_model_is_logged(digits, store):
+    tracking = MLflowTracking(experiment="monitor", monitor="val_acc", log_model=False)
+    with pytest.warns(UserWarning, match=r"monitor='val_acc' is not an epoch metric of this fit \(loss\)") as seen:
+        _fit(digits, tracking)
+    assert len([w for w in seen if "monitor=" in str(w.message)]) == 1, "once, not every epoch"
+    artifacts = {a.path for a in store.list_artifacts(tracking.run_id, "model")}
+    assert artifacts == {"model/final.keras"}, "no best model"
