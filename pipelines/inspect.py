@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,16 +77,18 @@ def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO | None = 
     uri, experiment_name = _store(config)
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name)
-    process = None
     if is_http_uri(uri):
-        address = uri.rstrip("/")
-    else:
-        address = f"http://127.0.0.1:{port}"
-        log_path = Path("outputs") / "ui" / config["_source"]["name"] / "mlflow-ui.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = log_path.open("ab")  # the server's own output: stdout stays the addresses
+        return _serve(None, uri.rstrip("/"), client, experiment, experiment_name, out)
+    address = f"http://127.0.0.1:{port}"
+    log_path = Path("outputs") / "ui" / config["_source"]["name"] / "mlflow-ui.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:  # the server's own output: stdout stays the addresses
+        # Its own process group (mlflow ui starts uvicorn, which starts workers): stopping the
+        # group stops them all, whatever ends this command.
         process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                                    "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=log)
+                                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                   stdout=log, stderr=log, start_new_session=True)
+    try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -95,6 +100,28 @@ def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO | None = 
         if process.poll() is not None:
             print(f"optsuite ui: mlflow ui exited with {process.returncode}; see {log_path}", file=sys.stderr)
             return 1
+        return _serve(process, address, client, experiment, experiment_name, out)
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop the UI server and every process it started (SIGTERM, then SIGKILL)."""
+    for signal_number, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal_number)
+        try:
+            process.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived their parent
+
+
+def _serve(process: subprocess.Popen | None, address: str, client: Any, experiment: Any, experiment_name: str,
+           out: TextIO) -> int:
+    """Print the addresses, then wait for the server; SIGTERM ends it like Ctrl-C."""
     print(f"MLflow UI: {address} (switch to 'Model training' at the top left)", file=out, flush=True)
     if experiment is not None:
         print(f"experiment {experiment_name!r}: {address}/#/experiments/{experiment.experiment_id}", file=out)
@@ -109,9 +136,14 @@ def run_ui(config: Mapping[str, Any], *, port: int = 5000, out: TextIO | None = 
     out.flush()
     if process is None:
         return 0
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait(10)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -330,6 +330,16 @@ def _check_ui(config_path, cwd, optimizer_run_ids):
     finally:
         process.terminate()
         process.wait(30)
+    assert process.returncode == 130, "SIGTERM ends it like Ctrl-C"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the server and its workers stop with the command
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the MLflow UI on port {port} still answers after optsuite ui was terminated")
 
 
 @pytest.mark.slow
