@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
+from keras_optsuite.callbacks.compare import lower_is_better
 from keras_optsuite.pipelines.config import ConfigError
 from keras_optsuite.pipelines.data import Data, load_data
 from keras_optsuite.pipelines.models import build_model, default_metric, is_autoencoder, loss_and_metrics
@@ -62,12 +63,6 @@ def parse_contestant(text: str, key: str) -> Contestant:
         raise ConfigError(f"{key}: {error}") from None
     label = f"{wrapper}({family})" if wrapper else family
     return Contestant(label, family, wrapper)
-
-
-def lower_is_better(metric: str) -> bool:
-    from keras_optsuite.callbacks.compare import lower_is_better as rule
-
-    return rule(metric)
 
 
 @dataclasses.dataclass

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, TextIO
 
-from keras_optsuite.pipelines._common import OUTPUT_ROOT, context, evaluate, lower_is_better
+from keras_optsuite.callbacks.compare import lower_is_better
+from keras_optsuite.pipelines._common import OUTPUT_ROOT, context, evaluate
 from keras_optsuite.pipelines._unattended import PipelineLock, say
 
 TAG = "keras_optsuite.promote."

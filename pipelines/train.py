@@ -18,6 +18,7 @@ from typing import Any, Mapping, TextIO
 from keras_optsuite.pipelines._common import OUTPUT_ROOT, context, parse_contestant
 from keras_optsuite.pipelines._unattended import PipelineLock, Progress, Slot, say
 from keras_optsuite.pipelines.tune import SeededHyperModel
+from keras_optsuite.schedules._base import set_learning_rate
 
 
 def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
@@ -44,7 +45,7 @@ def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool
         with ctx.strategy().scope():
             network = model.build(hp)  # the family's documented defaults
             if training["learning_rate"] is not None:
-                _set_learning_rate(network.optimizer, training["learning_rate"])
+                set_learning_rate(network.optimizer, float(training["learning_rate"]))
         backup = state.directory / "backup" if state.directory else None
         tracking = MLflowTracking(experiment=ctx.experiment, tracking_uri=ctx.tracking_uri, seed=seed,
                                   run_name=f"train {contestant.label}", training_data=ctx.data.x_train[:2],
@@ -71,9 +72,3 @@ def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool
     print(f"train {ctx.name}: {contestant.label}, {shown}", file=out)
     print(f"run {tracking.run_id} in experiment {ctx.experiment!r} of {ctx.tracking_uri}", file=out)
     return summary
-
-
-def _set_learning_rate(optimizer: Any, value: float) -> None:
-    from keras_optsuite.schedules._base import set_learning_rate
-
-    set_learning_rate(optimizer, float(value))
