@@ -586,6 +586,11 @@ class MLflowTracking(keras.callbacks.Callback):
         # metrics and telemetry are too; `epoch` beside them for the UI.
         self._log_metrics({**logs, "epoch": completed}, step)
         self._save_if_best(logs)
+        if self._resume_state is not None:
+            # Durable before the epoch counts as done: a kill -9 after this epoch's backup
+            # would otherwise lose the records still queued in memory (bounded by flush_timeout;
+            # an unreachable store spools them to the journal).
+            self._sink.flush(self.flush_timeout)
         self._save_resume_state()
 
     def _log_metrics(self, values: Mapping[str, Any], step: int) -> None:

@@ -129,7 +129,7 @@ def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent
         curve = Curve()
         callbacks = [curve, tracking, Progress(f"compare {contestant.label} seed {seed}", training["epochs"], quiet)]
         if backup is not None:
-            callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup)))
+            callbacks.insert(callbacks.index(tracking) + 1, keras.callbacks.BackupAndRestore(str(backup)))
         with tracking:
             model.fit(hp, network, data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
                       epochs=training["epochs"], batch_size=training["batch_size"], verbose=0, callbacks=callbacks)

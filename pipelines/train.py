@@ -53,7 +53,7 @@ def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool
                                   backup_dir=backup)
         callbacks = [tracking, Progress(f"train {contestant.label}", training["epochs"], quiet)]
         if backup is not None:
-            callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup)))
+            callbacks.insert(callbacks.index(tracking) + 1, keras.callbacks.BackupAndRestore(str(backup)))
         say(f"[train {ctx.name}] {contestant.label} on {ctx.data.name} {ctx.data.sizes()}, "
             f"{training['epochs']} epochs", quiet)
         try:
