@@ -398,7 +398,8 @@ class _TrackedTuner:
         if "tuner/epochs" in hp.values:
             callbacks += [tracking, _FailOnNonFinite(), _SnapshotRunState(backup_dir)]
         else:
-            callbacks += [keras.callbacks.BackupAndRestore(str(backup_dir)), tracking, _FailOnNonFinite()]
+            # After the tracking callback: it flushes the epoch's records before the backup counts it done.
+            callbacks += [tracking, keras.callbacks.BackupAndRestore(str(backup_dir)), _FailOnNonFinite()]
         if self._pruning is not None:
             callbacks.append(_EpochReporter(self, trial_id))
         try:
@@ -507,6 +508,7 @@ class _TrackedTuner:
 
     def _finish_parent(self) -> None:
         oracle, client, parent = self.oracle, self._client, self.parent_run_id
+        self._log_final_best_score()
         # Trials other processes ran (distributed workers) are found by their tags.
         for run in client.search_runs([self._experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
                                       max_results=10000):
@@ -539,6 +541,24 @@ class _TrackedTuner:
             for name in ("results.csv", "objective.png", "hyperparameters.png"):
                 client.log_artifact(parent, str(directory / name))
         self._log_best_model()
+
+    def _log_final_best_score(self) -> None:
+        """Log the search's best score last, at the last trial's step.
+
+        Distributed workers log ``best_score`` as each of their trials ends,
+        from what the oracle knew then: a worker finishing trial 3 before the
+        other finishes a better trial 2 leaves a worse value at the latest
+        step. The closing process logs the final best at that step, later.
+        """
+        from mlflow.entities import Metric
+
+        best = self.oracle.get_best_trials(1)
+        if not best or best[0].status != trial_module.TrialStatus.COMPLETED or best[0].score is None:
+            return
+        steps = [int(t) for t in self.oracle.trials if str(t).isdigit()]
+        step = max(steps) if steps else max(len(self.oracle.trials) - 1, 0)
+        self._client.log_batch(self.parent_run_id, metrics=[
+            Metric("best_score", float(best[0].score), int(1000 * time.time()) + 1, step)])
 
     def _log_best_model(self) -> None:
         from keras_optsuite.callbacks._logged_model import input_example, log_keras_model
