@@ -47,7 +47,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
         run = {"train": train.run_train, "tune": tune.run_tune, "compare": compare.run_compare,
                "demo": compare.run_compare}[args.command]
-        run(config, slot=args.slot, **common)
+        workers = {"workers": args.workers} if args.command != "train" else {}
+        run(config, slot=args.slot, **common, **workers)
     elif args.command == "promote":
         from keras_optsuite.pipelines.promote import run_promote
 
@@ -88,13 +89,17 @@ def _cmd_tracking_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from keras_optsuite.distribute.launch import launch
+    from keras_optsuite.distribute.launch import launch, launch_search
 
     command = list(args.program)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise ValueError("no program to launch: optsuite launch --workers N -- python train.py ...")
+    if args.search:
+        if args.ps:
+            raise ValueError(f"--search starts a chief and tuner workers; it takes no --ps (got --ps {args.ps})")
+        return launch_search(command, workers=args.workers, timeout=args.timeout)
     return launch(command, workers=args.workers, ps=args.ps, timeout=args.timeout)
 
 
@@ -124,6 +129,16 @@ _EXIT_CODES = """exit codes: 0 success, 1 failure (the MLflow run ends FAILED wi
 arguments, 3 another run of the same pipeline holds its lock, 130 interrupted."""
 
 
+def _worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number >= 0, got {text!r}")
+    return value
+
+
 def _add_pipeline_commands(commands: Any) -> None:
     from keras_optsuite.pipelines.config import describe_schema
 
@@ -142,6 +157,10 @@ def _add_pipeline_commands(commands: Any) -> None:
         if name in ("train", "tune", "compare", "demo"):
             parser.add_argument("--slot", default=None, help="name of this scheduled run (e.g. the date): a "
                                 "finished slot is not run again, a crashed one resumes")
+        if name in ("tune", "compare", "demo"):
+            parser.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                                help="run the tuning on N Keras Tuner worker processes and a chief (the oracle) "
+                                "on this machine (default: 0, in this process)")
         if name == "promote":
             parser.add_argument("--dry-run", action="store_true", help="evaluate and say what would happen")
         if name == "runs":
@@ -198,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch_parser.add_argument("--workers", type=int, required=True, help="number of workers (>= 1)")
     launch_parser.add_argument("--ps", type=int, default=0, help="parameter servers (adds a chief)")
     launch_parser.add_argument("--timeout", type=float, default=None, help="seconds before the job is stopped")
+    launch_parser.add_argument(
+        "--search", action="store_true",
+        help="a distributed Keras Tuner search instead: a chief (the oracle) and N tuner workers, each with "
+        "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set (no TF_CONFIG)",
+    )
     launch_parser.add_argument("program", nargs=argparse.REMAINDER, help="-- python train.py ...")
     launch_parser.set_defaults(handler=_cmd_launch)
     return parser

@@ -94,9 +94,12 @@ class Context:
         return loss_and_metrics(self.data)
 
     def strategy(self) -> Any:
-        from keras_optsuite.distribute import get_strategy
+        """The ``[training] strategy``, built once per pipeline run (every model of the run shares it)."""
+        if "_strategy" not in self.__dict__:
+            from keras_optsuite.distribute import get_strategy
 
-        return get_strategy(self.config["training"]["strategy"])
+            self.__dict__["_strategy"] = get_strategy(self.config["training"]["strategy"])
+        return self.__dict__["_strategy"]
 
 
 def context(config: Mapping[str, Any], command: str, metric_key: str | None = None,

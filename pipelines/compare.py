@@ -59,7 +59,7 @@ from keras_optsuite.pipelines._common import (
 )
 from keras_optsuite.pipelines._unattended import PipelineLock, Progress, Slot, say
 from keras_optsuite.pipelines.config import ConfigError
-from keras_optsuite.pipelines.tune import SeededHyperModel, make_tuner
+from keras_optsuite.pipelines.tune import run_search
 
 TAG = "keras_optsuite."
 
@@ -118,7 +118,8 @@ def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent
         if any(result["seed"] == seed for result in results):
             continue
         model.seed = seed
-        network = model.build(hp)
+        with ctx.strategy().scope():
+            network = model.build(hp)
         backup = state.directory / "backups" / f"{contestant.label}-seed{seed}" if state.directory else None
         tracking = MLflowTracking(
             experiment=ctx.experiment, tracking_uri=ctx.tracking_uri, parent_run_id=parent_run_id,
@@ -300,8 +301,12 @@ def _winner(ctx: Context, rows: list[dict], results: Mapping[str, Any]) -> dict[
 
 
 def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
-                output_root: Path = OUTPUT_ROOT, out: TextIO | None = None) -> dict[str, Any]:
-    """Run the bake-off of ``config``; returns its summary (also printed on ``out``)."""
+                output_root: Path = OUTPUT_ROOT, out: TextIO | None = None, workers: int = 0) -> dict[str, Any]:
+    """Run the bake-off of ``config``; returns its summary (also printed on ``out``).
+
+    ``workers`` > 0 runs each optimizer's tuning on that many Keras Tuner
+    worker processes (and a chief); the final seed runs stay in this process.
+    """
     out = out if out is not None else sys.stdout
     import mlflow
 
@@ -309,7 +314,7 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
     from keras_optsuite.callbacks._store import get_or_create_experiment
 
     contestants, baseline = _contestants(config)
-    ctx = context(config, "compare", "compare")
+    ctx = context(config, "compare", "compare", output_root)
     section, training = config["compare"], config["training"]
     epochs = section["tuning_epochs"] or training["epochs"]
     with PipelineLock(ctx.output, f"compare {ctx.name}"):
@@ -351,16 +356,13 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
                 left = f", ~{elapsed / done * (len(contestants) - done):.0f} s left" if done else ""
                 say(f"[compare {index}/{len(contestants)} {label}] tuning {section['trials']} trials "
                     f"x {epochs} epochs ({elapsed:.0f} s elapsed{left})", quiet)
-                model = SeededHyperModel(ctx, [contestant], training["seeds"][0])
-                tuner = make_tuner(ctx, section, model, trials=section["trials"], epochs=epochs,
-                                   directory=workspace / "tuning", project=label, run_name=label,
-                                   overwrite=not state.resumed, seed=int(training["seeds"][0]))
-                tuner.search_parent_run_id = parent_run_id
                 tuning_started = time.monotonic()
-                tuner.search(ctx.data.x_train, ctx.data.y_train, validation_data=(ctx.data.x_val, ctx.data.y_val),
-                             epochs=epochs, batch_size=training["batch_size"], verbose=0,
-                             callbacks=[_Announce(label, section["trials"], quiet)])
+                tuner = run_search(ctx, section, [contestant], trials=section["trials"], epochs=epochs,
+                                   directory=workspace / "tuning", project=label, run_name=label,
+                                   resume=state.resumed, seed=int(training["seeds"][0]), parent_run_id=parent_run_id,
+                                   workers=workers, quiet=quiet, callbacks=[_Announce(label, section["trials"], quiet)])
                 tuning_seconds = time.monotonic() - tuning_started
+                model = tuner.hypermodel
                 best = tuner.oracle.get_best_trials(1)
                 if not best:
                     raise RuntimeError(f"no trial of {label} completed: see the FAILED trial runs of run "

@@ -57,7 +57,7 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
     out = out if out is not None else sys.stdout
     import mlflow
 
-    ctx = context(config, "promote", "compare")
+    ctx = context(config, "promote", "compare", output_root)
     section, batch_size = config["promote"], config["training"]["batch_size"]
     metric = section["metric"] or ctx.metric.removeprefix("val_")
     lower = lower_is_better(metric)

@@ -30,7 +30,7 @@ def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool
 
     from keras_optsuite.callbacks import MLflowTracking
 
-    ctx = context(config, "train")
+    ctx = context(config, "train", output_root=output_root)
     training = config["training"]
     contestant = parse_contestant(training["optimizer"], "training.optimizer")
     seed = int(training["seeds"][0])

@@ -8,6 +8,8 @@ search per optimizer.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
@@ -64,6 +66,8 @@ def make_tuner(ctx: Context, section: Mapping[str, Any], model: Any, *, trials: 
                if section["pruning"] else None)
     common = dict(objective=objective, seed=seed, experiment=ctx.experiment, tracking_uri=ctx.tracking_uri,
                   run_name=run_name, directory=str(directory), project_name=project, overwrite=overwrite)
+    if ctx.config["training"]["strategy"] != "default":  # every trial built and trained under it
+        common["distribution_strategy"] = ctx.strategy()
     kind = section["tuner"]
     if kind == "hyperband":
         return tuning.Hyperband(model, max_epochs=epochs, **common)
@@ -72,14 +76,120 @@ def make_tuner(ctx: Context, section: Mapping[str, Any], model: Any, *, trials: 
     return tuner_class(model, max_trials=trials, pruning=pruning, **common)
 
 
+def run_search(ctx: Context, section: Mapping[str, Any], contestants: Sequence[Contestant], *, trials: int,
+               epochs: int, directory: Path, project: str, run_name: str, resume: bool, seed: int,
+               parent_run_id: str | None = None, workers: int = 0, callbacks: Sequence[Any] = (),
+               quiet: bool = False) -> Any:
+    """One tracked search over ``contestants``, here or on ``workers`` worker processes; returns its tuner.
+
+    With ``workers`` > 0 the search runs on Keras Tuner's distributed
+    engine: a chief process (the oracle) and ``workers`` worker processes
+    started by :func:`keras_optsuite.distribute.launch_search`, each
+    rebuilding this search from the config (the data split is the same in
+    every process: it depends on the first seed only); their output is
+    prefixed ``[tuner i]`` on stderr. The tuner returned is then reloaded
+    here from the shared directory: its oracle holds every worker's trials.
+    ``resume`` keeps what an interrupted search left in ``directory``.
+    """
+    model = SeededHyperModel(ctx, contestants, seed)
+    settings = dict(trials=trials, epochs=epochs, directory=directory, project=project, run_name=run_name,
+                    seed=seed)
+    if workers:
+        _search_on_workers(ctx, section, contestants, workers, parent_run_id, resume, quiet, settings)
+        tuner = make_tuner(ctx, section, model, overwrite=False, **settings)
+        if tuner.parent_run_id is None:  # the chief's parent run, as the workers read it
+            tuner.parent_run_id = json.loads(tuner._parent_file().read_text())["parent_run_id"]
+        return tuner
+    tuner = make_tuner(ctx, section, model, overwrite=not resume, **settings)
+    tuner.search_parent_run_id = parent_run_id
+    tuner.search(ctx.data.x_train, ctx.data.y_train, validation_data=(ctx.data.x_val, ctx.data.y_val),
+                 epochs=epochs, batch_size=ctx.config["training"]["batch_size"], verbose=0,
+                 callbacks=list(callbacks))
+    return tuner
+
+
+def _search_on_workers(ctx: Context, section: Mapping[str, Any], contestants: Sequence[Contestant],
+                       workers: int, parent_run_id: str | None, resume: bool, quiet: bool,
+                       settings: Mapping[str, Any]) -> None:
+    import collections
+    import shutil
+
+    from keras_optsuite.distribute import launch_search
+
+    project_dir = Path(settings["directory"]) / settings["project"]
+    if not resume:
+        shutil.rmtree(project_dir, ignore_errors=True)  # what overwrite=True does, before any process starts
+    project_dir.mkdir(parents=True, exist_ok=True)
+    spec = project_dir / "search_task.json"
+    spec.write_text(json.dumps({
+        "config": ctx.config, "command": ctx.command, "section": dict(section),
+        "contestants": [c.label for c in contestants], "parent_run_id": parent_run_id,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
+    }, default=str))
+    lines: collections.deque[str] = collections.deque(maxlen=40)
+    log_path = project_dir / "search.log"
+    ours = f"[{settings['run_name']}] "
+
+    class _Output:
+        """Every process's prefixed output into ``search.log``; this package's progress lines on stderr too."""
+
+        def __init__(self, log: TextIO) -> None:
+            self.log = log
+
+        def write(self, text: str) -> None:
+            self.log.write(text)
+            for line in text.splitlines():
+                lines.append(line)
+                if not quiet and line.partition("] ")[2].startswith(ours):
+                    print(line, file=sys.stderr, flush=True)
+
+        def flush(self) -> None:
+            self.log.flush()
+
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    say(f"{ours}searching on {workers} worker processes and a chief (the oracle); their output: {log_path}", quiet)
+    with log_path.open("a") as log:
+        code = launch_search([sys.executable, "-m", "keras_optsuite.pipelines._search_task", str(spec)], workers,
+                             env={"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
+                                  "TF_CPP_MIN_LOG_LEVEL": "2"},
+                             output=_Output(log))
+    if code in (128 + 2, 128 + 15):  # SIGINT or SIGTERM reached the launcher (and every process)
+        raise KeyboardInterrupt
+    if code != 0:
+        shown = "\n".join(lines)
+        raise RuntimeError(f"the distributed search {settings['run_name']!r} failed (exit code {code}); the "
+                           f"whole output is in {log_path}; its end:\n{shown}")
+
+
+def run_search_task(spec_path: str) -> None:
+    """One process of :func:`run_search` with workers: the chief or a worker, by ``KERASTUNER_TUNER_ID``."""
+    spec = json.loads(Path(spec_path).read_text())
+    settings = spec["settings"]
+    ctx = context(spec["config"], spec["command"], spec["command"])
+    contestants = [parse_contestant(label, f"{spec['command']}.optimizers") for label in spec["contestants"]]
+    settings["directory"] = Path(settings["directory"])
+    role = os.environ.get("KERASTUNER_TUNER_ID", "?")
+
+    class _Announce(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            print(f"[{settings['run_name']}] {role}: trial started", flush=True)
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            shown = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if k.startswith("val_"))
+            print(f"[{settings['run_name']}] {role}: trial done, {shown}", flush=True)
+
+    run_search(ctx, spec["section"], contestants, resume=True, parent_run_id=spec["parent_run_id"],
+               callbacks=[_Announce()], **settings)
+
+
 def run_tune(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
-             output_root: Path = OUTPUT_ROOT, out: TextIO | None = None) -> dict[str, Any]:
+             output_root: Path = OUTPUT_ROOT, out: TextIO | None = None, workers: int = 0) -> dict[str, Any]:
     """Run the search of ``config``; returns the summary printed on ``out``."""
     out = out if out is not None else sys.stdout
-    ctx = context(config, "tune", "tune")
+    ctx = context(config, "tune", "tune", output_root)
     section, training = config["tune"], config["training"]
     contestants = [parse_contestant(name, "tune.optimizers") for name in section["optimizers"]]
-    model = SeededHyperModel(ctx, contestants, training["seeds"][0])
+    SeededHyperModel(ctx, contestants, training["seeds"][0])  # a list it cannot search fails here, first
     with PipelineLock(ctx.output, f"tune {ctx.name}"):
         state = Slot(ctx.output, slot)
         if state.finished:
@@ -89,17 +199,15 @@ def run_tune(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool 
         resume = state.resumed
         state.save("running")
         workspace = ctx.output / (f"slots/{slot}" if slot else "latest")
-        tuner = make_tuner(ctx, section, model, trials=section["trials"], epochs=training["epochs"],
-                           directory=workspace, project="search", run_name=f"tune {ctx.name}",
-                           overwrite=not resume, seed=training["seeds"][0])
         say(f"[tune {ctx.name}] {section['tuner']} search, {section['trials']} trials over "
             f"{', '.join(c.label for c in contestants)}; objective {ctx.metric} ({ctx.direction})", quiet)
         try:
-            tuner.search(ctx.data.x_train, ctx.data.y_train, validation_data=(ctx.data.x_val, ctx.data.y_val),
-                         epochs=training["epochs"], batch_size=training["batch_size"], verbose=0,
-                         callbacks=[Progress(f"tune {ctx.name}", training["epochs"], quiet)])
+            tuner = run_search(ctx, section, contestants, trials=section["trials"], epochs=training["epochs"],
+                               directory=workspace, project="search", run_name=f"tune {ctx.name}", resume=resume,
+                               seed=training["seeds"][0], workers=workers, quiet=quiet,
+                               callbacks=[Progress(f"tune {ctx.name}", training["epochs"], quiet)])
         except BaseException:
-            state.save("failed", parent_run_id=tuner.parent_run_id)
+            state.save("failed")
             raise
         best = tuner.oracle.get_best_trials(1)
         summary = {

@@ -404,3 +404,21 @@ def test_optsuite_launch_command_runs_the_program_per_worker(capfd):
     assert main(["launch", "--workers", "2", "--", sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
     assert main(["launch", "--workers", "2"]) == 2  # no program: a usage error
     assert "no program to launch" in capfd.readouterr().err
+
+
+def test_optsuite_launch_search_starts_a_keras_tuner_chief_and_workers_on_one_oracle_port(capfd):
+    from keras_optsuite.cli import main
+
+    program = ("import os; print(os.environ['KERASTUNER_TUNER_ID'], os.environ['KERASTUNER_ORACLE_IP'], "
+               "os.environ['KERASTUNER_ORACLE_PORT'], 'TF_CONFIG' in os.environ)")
+    assert main(["launch", "--search", "--workers", "2", "--", sys.executable, "-c", program]) == 0
+    lines = sorted(line for line in capfd.readouterr().out.splitlines() if not line.startswith("[launch]"))
+    assert [line.split()[:3] for line in lines] == [["[chief", "0]", "chief"], ["[tuner", "0]", "tuner0"],
+                                                    ["[tuner", "1]", "tuner1"]]
+    assert {tuple(line.split()[3:]) for line in lines} == {(lines[0].split()[3], lines[0].split()[4], "False")}
+    assert lines[0].split()[3] == "127.0.0.1", "one oracle address for all, no TF_CONFIG"
+    # the job waits for the chief too: it is the oracle, and ends when the last worker has
+    assert main(["launch", "--search", "--workers", "1", "--", sys.executable, "-c",
+                 "import os, sys; sys.exit(4 if os.environ['KERASTUNER_TUNER_ID'] == 'chief' else 0)"]) == 4
+    assert main(["launch", "--search", "--ps", "1", "--workers", "1", "--", sys.executable, "-c", "0"]) == 2
+    assert "--search starts a chief and tuner workers; it takes no --ps (got --ps 1)" in capfd.readouterr().err

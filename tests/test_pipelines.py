@@ -355,9 +355,60 @@ def test_tune_and_compare_against_a_real_server(tmp_path, monkeypatch, mlflow_se
     _check_bake_off(client, summary, tmp_path)
     assert not (tmp_path / "mlruns" / "mlflow.db").exists(), "everything went to the server"
 
-    tuned = tune.run_tune(load_config(config_path, ["tune.trials=2", "tune.optimizers=['Adam', 'SGD']"]),
-                          output_root=tmp_path / "outputs")
-    assert "[tune server]" in capsys.readouterr().err, "progress on stderr"
+    promoted = promote.run_promote(load_config(config_path, ["promote.model_name='server-champion'"]), quiet=True,
+                                   output_root=tmp_path / "outputs")
+    assert promoted["promote"] and promoted["candidate_run_id"] == summary["winner"]["run_id"]
+    version = client.get_model_version_by_alias("server-champion", "champion")
+    assert str(version.version) == promoted["version"] and version.run_id == summary["winner"]["run_id"]
+
+    # the search on two worker processes and a chief (the oracle), every trial under one parent run
+    tuned = tune.run_tune(load_config(config_path, ["tune.trials=3", "tune.optimizers=['Adam', 'SGD']"]),
+                          output_root=tmp_path / "outputs", workers=2)
+    err = capsys.readouterr().err
+    assert "[tune server] searching on 2 worker processes" in err and "tuner1: trial done" in err, err
     search = client.get_run(tuned["parent_run_id"])
     assert search.info.run_name == "tune server" and search.info.status == "FINISHED"
-    assert len(_children(client, search.info.run_id)) == 2, "one child run per trial"
+    trials = _children(client, search.info.run_id)
+    assert sorted(r.data.tags["keras_optsuite.trial_id"] for r in trials) == ["0", "1", "2"], "each trial once"
+    assert {r.data.tags["keras_optsuite.tuner_id"] for r in trials} <= {"tuner0", "tuner1"}, "run by the workers"
+    scores = {r.data.tags["keras_optsuite.trial_id"]: float(r.data.tags["keras_optsuite.trial_score"])
+              for r in trials}
+    assert tuned["best_score"] == pytest.approx(max(scores.values())), "the oracle saw every worker's trials"
+
+
+@pytest.mark.slow
+def test_compare_tunes_on_worker_processes_and_the_seed_run_reproduces_the_best_trial(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = _config(tmp_path, experiment="bake-off-workers", name="workers")
+    config = load_config(path, ["compare.optimizers=['Adam']", "training.seeds=[0]", "compare.trials=3"])
+    summary = compare.run_compare(config, quiet=True, output_root=tmp_path / "outputs", workers=2)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (search,) = _children(client, summary["parent_run_id"])
+    below = _children(client, search.info.run_id)
+    trials = [r for r in below if "keras_optsuite.trial_id" in r.data.tags]
+    (seed,) = [r for r in below if r.data.tags.get("keras_optsuite.kind") == "seed"]
+    assert len(trials) == 3 and summary["leaderboard"][0]["tuning_trials"] == 3, "the whole budget, once"
+    assert {r.data.tags["keras_optsuite.tuner_id"] for r in trials} <= {"tuner0", "tuner1"}, "run by the workers"
+    best = max(trials, key=lambda r: float(r.data.tags["keras_optsuite.trial_score"]))
+    # Fairness: the trial (in a worker process) and the final run (here) start from the weights of
+    # seed 0 and see the data in the same order, so the best settings reproduce the trial's curve.
+    assert seed.data.params["optimizer.learning_rate"] == best.data.params["optimizer.learning_rate"]
+    assert seed.data.metrics["val_loss"] == pytest.approx(best.data.metrics["val_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_training_strategy_trains_every_trial_and_final_run_under_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = _config(tmp_path, experiment="bake-off-mirrored", name="mirrored")
+    config = load_config(path, ["compare.optimizers=['Adam']", "training.seeds=[0]", "compare.trials=1",
+                                "training.epochs=1", "training.strategy='mirrored'"])
+    summary = compare.run_compare(config, quiet=True, output_root=tmp_path / "outputs")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (search,) = _children(client, summary["parent_run_id"])
+    runs = _children(client, search.info.run_id)
+    assert sorted(r.data.tags.get("keras_optsuite.kind", "trial") for r in runs) == ["seed", "trial"]
+    for run in runs:  # the test session's two logical CPUs
+        assert run.data.params["distribution.strategy"] == "MirroredStrategy", run.info.run_name
+        assert run.data.params["distribution.replicas"] == "2", run.info.run_name

@@ -40,7 +40,14 @@ from keras_optsuite.distribute._keras_multi_worker_patch import (
     enable_multi_worker_fit,
 )
 from keras_optsuite.distribute.devices import split_cpu
-from keras_optsuite.distribute.launch import ClusterTask, cluster_tasks, free_ports, launch
+from keras_optsuite.distribute.launch import (
+    ClusterTask,
+    cluster_tasks,
+    free_ports,
+    launch,
+    launch_search,
+    search_tasks,
+)
 from keras_optsuite.distribute.parameter_server import (
     ShardedEmbedding,
     serve_if_worker_or_ps,
@@ -70,7 +77,9 @@ __all__ = [
     "free_ports",
     "get_strategy",
     "launch",
+    "launch_search",
     "read_tf_config",
+    "search_tasks",
     "serve_if_worker_or_ps",
     "split_cpu",
     "train_with_parameter_servers",

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Mapping, Sequence, TextIO
 
 from keras_optsuite._validation import (
@@ -36,16 +36,26 @@ NOT_STARTED_EXIT_CODE = 127
 
 @dataclass(frozen=True)
 class ClusterTask:
-    """One process of a cluster: its role, index and ``TF_CONFIG``."""
+    """One process of a cluster: its role, index and ``TF_CONFIG``.
 
-    type: str  # "chief", "worker" or "ps"
+    A Keras Tuner search task (:func:`search_tasks`) has no ``TF_CONFIG``
+    (``tf_config`` None) but the ``KERASTUNER_*`` variables in ``env``.
+    """
+
+    type: str  # "chief", "worker" or "ps"; "chief" or "tuner" in a search
     index: int
-    tf_config: dict[str, Any]
+    tf_config: dict[str, Any] | None
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         """``"worker 0"``: the output prefix, without brackets."""
         return f"{self.type} {self.index}"
+
+    def environment(self) -> dict[str, str]:
+        """The variables this task's process gets on top of the launcher's environment."""
+        tf_config = {} if self.tf_config is None else {"TF_CONFIG": json.dumps(self.tf_config)}
+        return {**tf_config, **self.env}
 
 
 def free_ports(count: int, host: str = HOST) -> list[int]:
@@ -111,6 +121,56 @@ def cluster_tasks(
     ]
 
 
+def search_tasks(workers: int, port: int | None = None, host: str = HOST) -> list[ClusterTask]:
+    """The processes of a distributed Keras Tuner search: a chief (the oracle) and ``workers`` tuners.
+
+    Keras Tuner finds its role in ``KERASTUNER_TUNER_ID`` (``"chief"``,
+    ``"tuner0"``, ``"tuner1"``, ...) and the chief's gRPC oracle at
+    ``KERASTUNER_ORACLE_IP``:``KERASTUNER_ORACLE_PORT`` (``port``, or one
+    picked free on ``host``).
+
+    Example:
+
+    >>> [task.env["KERASTUNER_TUNER_ID"] for task in search_tasks(2, port=5000)]
+    ['chief', 'tuner0', 'tuner1']
+    """
+    workers = check_positive_int("workers", workers)
+    port = free_ports(1, host)[0] if port is None else port
+    address = {"KERASTUNER_ORACLE_IP": host, "KERASTUNER_ORACLE_PORT": str(port)}
+    chief = ClusterTask("chief", 0, None, {"KERASTUNER_TUNER_ID": "chief", **address})
+    return [chief] + [ClusterTask("tuner", index, None, {"KERASTUNER_TUNER_ID": f"tuner{index}", **address})
+                      for index in range(workers)]
+
+
+def launch_search(
+    command: Sequence[str],
+    workers: int,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    output: TextIO | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    grace_period: float = 5.0,
+) -> int:
+    """Run a Keras Tuner search script as a chief and ``workers`` worker processes; return an exit code.
+
+    :func:`launch` for Keras Tuner's distributed mode: the same ``command``
+    once per task of :func:`search_tasks` (the ``KERASTUNER_*`` variables
+    instead of ``TF_CONFIG``), output prefixed ``[chief 0]``, ``[tuner 1]``.
+    The job ends when every process has exited with 0 (the chief's oracle
+    waits for the last worker); as soon as one fails, the others are
+    stopped. The script must give every process the same tuner
+    ``directory`` (Keras Tuner's shared storage).
+
+    Example:
+
+    >>> launch_search([sys.executable, "search.py"], workers=2)
+    0
+    """
+    return _launch_tasks(command, search_tasks(workers), env, timeout, output, cwd, grace_period,
+                         chief_ends_job=False)
+
+
 def launch(
     command: Sequence[str],
     workers: int,
@@ -162,6 +222,13 @@ def launch(
     >>> launch([sys.executable, "train.py"], workers=2, timeout=600)
     0
     """
+    return _launch_tasks(command, cluster_tasks(workers, ps), env, timeout, output, cwd, grace_period,
+                         chief_ends_job=ps > 0)
+
+
+def _launch_tasks(command: Sequence[str], tasks: list[ClusterTask], env: Mapping[str, str] | None,
+                  timeout: float | None, output: TextIO | None, cwd: str | os.PathLike[str] | None,
+                  grace_period: float, chief_ends_job: bool) -> int:
     if isinstance(command, (str, bytes)) or not command:
         raise ValueError(
             f"command must be a non-empty list of strings (program and arguments), got command={command!r}"
@@ -170,7 +237,6 @@ def launch(
     if timeout is not None:
         timeout = check_positive("timeout", timeout)
     grace_period = check_non_negative("grace_period", grace_period)
-    tasks = cluster_tasks(workers, ps)
     stream = output if output is not None else sys.stdout
     run = _Run(stream)
 
@@ -187,14 +253,13 @@ def launch(
     try:
         try:
             for task in tasks:
-                process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-                process_env["TF_CONFIG"] = json.dumps(task.tf_config)
+                process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}), **task.environment()}
                 run.start(task, command, process_env, cwd)
         except OSError as error:
             run.say(f"cannot start {command[0]!r}: {error}")
             run.stop(grace_period)
             return NOT_STARTED_EXIT_CODE
-        return run.wait(tasks, timeout, grace_period, received)
+        return run.wait(tasks, timeout, grace_period, received, chief_ends_job)
     finally:
         _restore_handlers(previous)
         run.stop(grace_period)
@@ -237,10 +302,10 @@ class _Run:
         reader.start()
         self.readers.append(reader)
 
-    def wait(self, tasks: list[ClusterTask], timeout: float | None, grace_period: float, received: list[int]) -> int:
+    def wait(self, tasks: list[ClusterTask], timeout: float | None, grace_period: float, received: list[int],
+             chief_ends_job: bool) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         signal_deadline = None
-        has_chief = tasks[0].type == "chief"
         while True:
             codes = [process.poll() for process in self.processes]
             living = sum(code is None for code in codes)
@@ -258,7 +323,7 @@ class _Run:
                 return 128 - code if code < 0 else code
             elif not living:
                 return 0
-            elif has_chief and codes[0] == 0:
+            elif chief_ends_job and codes[0] == 0:
                 self.say(f"chief 0 finished; stopping the {living} worker and ps process(es)")
                 self.stop(grace_period)
                 return 0
