@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from pathlib import Path
@@ -139,19 +140,37 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[
 
 
 class Curve(keras.callbacks.Callback):
-    """A Keras callback recording, per epoch, the optimizer step, the seconds since fit began and the logs."""
+    """A Keras callback recording, per epoch, the optimizer step, the seconds of training and the logs.
+
+    With ``path`` the rows are also written there at every epoch's end, and
+    a fit resumed after a crash (``BackupAndRestore``) starts from them: the
+    curve keeps its first epochs and the seconds go on from the last saved
+    row's (a re-run epoch replaces its row).
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__()
+        self.path = path
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.started = time.perf_counter()
         self.rows: list[dict[str, float]] = []
+        if self.path is not None and self.path.exists():
+            self.rows = json.loads(self.path.read_text())
+        self.started = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.rows = [row for row in self.rows if row["epoch"] < epoch + 1]
         self.rows.append({
             "epoch": epoch + 1,
             "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
             "seconds": time.perf_counter() - self.started,
             **{k: float(v) for k, v in (logs or {}).items()},
         })  # fmt: skip
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text(json.dumps(self.rows))
+            temporary.replace(self.path)  # whole or not at all, even under kill -9
 
 
 def first_reaching(rows: list[dict[str, float]], metric: str, target: float, lower: bool) -> dict[str, float] | None:

@@ -127,7 +127,7 @@ def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent
             tags={TAG + "kind": "seed", TAG + "optimizer": contestant.label, TAG + "seed": str(seed)},
             backup_dir=backup,
         )  # fmt: skip
-        curve = Curve()
+        curve = Curve(backup.with_name(backup.name + ".curve.json") if backup is not None else None)
         callbacks = [curve, tracking, Progress(f"compare {contestant.label} seed {seed}", training["epochs"], quiet)]
         if backup is not None:
             callbacks.insert(callbacks.index(tracking) + 1, keras.callbacks.BackupAndRestore(str(backup)))

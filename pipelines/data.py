@@ -14,7 +14,9 @@ Built-in (``[data] name``):
 Or ``[data] function = "module:function"``: called with no arguments, it
 returns ``(x, y)`` NumPy arrays, or a dict with ``"x"``, ``"y"`` and
 optionally ``"task"`` (``"classification"`` when ``y`` holds integers,
-else ``"regression"``).
+else ``"regression"``), or a finite ``tf.data.Dataset`` of ``(x, y)``
+pairs, batched or not (or a dict with ``"dataset"`` and ``"task"``): its
+rows are read once into arrays, to be split and shuffled like the others.
 
 The rows are split once, by the first seed of ``[training] seeds``: a
 held-out test part (``test_split``, stratified for classification; only
@@ -148,9 +150,33 @@ def resolve_function(reference: str, key: str) -> Callable[..., Any]:
     return function
 
 
+def _dataset_arrays(dataset: Any, reference: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a finite ``tf.data.Dataset`` of ``(x, y)`` elements, batched or not, as two arrays."""
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, tf.TensorSpec) for s in spec)):
+        raise ConfigError(f"data.function = {reference!r} returned a tf.data.Dataset of {spec}; "
+                          "expected (x, y) tensor pairs")
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ConfigError(f"data.function = {reference!r} returned an infinite tf.data.Dataset (a repeat()?): "
+                          "the pipelines split its rows once, so it must end")
+    if spec[0].shape.rank and spec[0].shape[0] is None:  # batched: (None, ...) elements
+        dataset = dataset.unbatch()
+    rows = list(dataset.as_numpy_iterator())
+    if not rows:
+        raise ConfigError(f"data.function = {reference!r} returned an empty tf.data.Dataset")
+    return np.stack([x for x, _ in rows]), np.stack([y for _, y in rows])
+
+
 def _user_data(reference: str) -> tuple[np.ndarray, np.ndarray, str | None]:
     returned = resolve_function(reference, "data.function")()
     task = None
+    if isinstance(returned, Mapping) and "dataset" in returned:
+        task = returned.get("task")
+        returned = returned["dataset"]
+    if hasattr(returned, "element_spec") and hasattr(returned, "as_numpy_iterator"):  # a tf.data.Dataset
+        returned = _dataset_arrays(returned, reference)
     if isinstance(returned, Mapping):
         if "x" not in returned or "y" not in returned:
             raise ConfigError(f"data.function = {reference!r} returned a dict without 'x' and 'y'")

@@ -8,6 +8,8 @@ search per optimizer.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -96,7 +98,8 @@ def run_search(ctx: Context, section: Mapping[str, Any], contestants: Sequence[C
                     seed=seed)
     if workers:
         _search_on_workers(ctx, section, contestants, workers, parent_run_id, resume, quiet, settings)
-        tuner = make_tuner(ctx, section, model, overwrite=False, **settings)
+        with contextlib.redirect_stdout(sys.stderr if not quiet else io.StringIO()):  # "Reloading Tuner from"
+            tuner = make_tuner(ctx, section, model, overwrite=False, **settings)
         if tuner.parent_run_id is None:  # the chief's parent run, as the workers read it
             tuner.parent_run_id = json.loads(tuner._parent_file().read_text())["parent_run_id"]
         return tuner

@@ -15,3 +15,16 @@ def linear_model(input_shape, outputs, task):
     import keras
 
     return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(outputs)])
+
+
+def blobs_dataset():
+    """The same rows as :func:`blobs`, as a batched ``tf.data.Dataset`` of (x, y) pairs."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(blobs()).batch(32)
+
+
+def endless_blobs():
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(blobs()).repeat()

@@ -118,6 +118,28 @@ def test_a_missing_module_or_function_is_named_before_any_training(tmp_path):
             context(config, "train")
 
 
+def test_user_data_as_arrays_or_a_tf_data_dataset_gives_the_same_split_and_a_user_model_trains_on_it(
+        tmp_path, monkeypatch):
+    from keras_optsuite.pipelines._common import context
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    arrays, dataset = (context(load_config(_config(tmp_path), [f"data.function='pipeline_functions:{name}'",
+                                                              "model.function='pipeline_functions:linear_model'"]),
+                               "train").data for name in ("blobs", "blobs_dataset"))
+    assert arrays.task == dataset.task == "classification" and arrays.classes == 2
+    for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(dataset, part), getattr(arrays, part), err_msg=part)
+    assert sum(arrays.sizes().values()) == 200
+    with pytest.raises(ConfigError, match="infinite tf.data.Dataset"):
+        context(load_config(_config(tmp_path), ["data.function='pipeline_functions:endless_blobs'"]), "train")
+    config = load_config(_config(tmp_path), ["data.function='pipeline_functions:blobs_dataset'",
+                                             "model.function='pipeline_functions:linear_model'", "training.epochs=3",
+                                             "training.learning_rate=0.05"])
+    trained = train.run_train(config, quiet=True, output_root=tmp_path / "outputs")
+    assert trained["final"]["val_accuracy"] > 0.9, "two blobs 7 deviations apart: a line separates them"
+
+
 def test_unknown_optimizers_and_a_baseline_outside_the_list_are_config_errors(tmp_path):
     for override, message in [("compare.optimizers=['Adam', 'Nope']", "compare.optimizers: Unknown optimizer"),
                               ("compare.optimizers=['Adam', 'Wrap(SGD)']", "unknown wrapper 'Wrap'"),
@@ -219,6 +241,49 @@ def test_a_finished_slot_is_not_run_again_and_a_killed_one_resumes_its_run(tmp_p
                             out=out)
     assert again["run_id"] == run.info.run_id and "already finished" in out.getvalue()
     assert len(client.search_runs([run.info.experiment_id])) == 1, "a finished slot is not run again"
+
+
+@pytest.mark.slow
+def test_a_bake_off_killed_in_a_seed_run_resumes_its_slot_without_repeating_finished_work(tmp_path, monkeypatch):
+    config = _config(tmp_path, experiment="compare-slots", name="crash")
+    sets = ["training.epochs=4", "training.seeds=[0]"]
+    environment = {**os.environ, "PYTHONPATH": str(TESTS), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen([str(OPTSUITE), "compare", str(config), "--slot", "night-1",
+                                *[a for s in sets for a in ("--set", s)]], cwd=tmp_path, env=environment,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # kill -9 in the second optimizer's final run, after its epoch 2
+        if "[compare Lookahead(SGD) seed 0] epoch 2/4" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(60)
+    assert process.returncode == -signal.SIGKILL
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    summary = compare.run_compare(load_config(config, sets), slot="night-1", quiet=True,
+                                  output_root=tmp_path / "outputs", out=io.StringIO())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("compare-slots").experiment_id
+    (bake_off,) = client.search_runs([experiment], "tags.`keras_optsuite.kind` = 'compare'")
+    assert bake_off.info.run_id == summary["parent_run_id"] and bake_off.info.status == "FINISHED"
+    searches = {run.info.run_name: run for run in _children(client, bake_off.info.run_id)}
+    assert sorted(searches) == ["Adam", "Lookahead(SGD)"], "each optimizer's search once"
+    for name, search in searches.items():
+        below = _children(client, search.info.run_id)
+        assert sorted(r.data.tags["keras_optsuite.trial_id"] for r in below if "keras_optsuite.trial_id"
+                      in r.data.tags) == ["0", "1"], f"{name}: no trial run again"
+        (seed,) = [r for r in below if r.data.tags.get("keras_optsuite.kind") == "seed"]
+        assert seed.info.status == "FINISHED"
+        assert seed.data.tags.get("keras_optsuite.resumes") == ("1" if name == "Lookahead(SGD)" else None), \
+            f"{name}: only the killed run was resumed, and in the same run"
+        history = sorted((m.step, m.value) for m in client.get_metric_history(seed.info.run_id, "val_accuracy"))
+        epochs = sorted(m.value for m in client.get_metric_history(seed.info.run_id, "epoch"))
+        assert epochs == [1, 2, 3, 4], f"{name}: every epoch once, in the one seed run"
+        # the leaderboard's steps to target come from the whole curve, the epochs before the kill included
+        row = next(r for r in summary["leaderboard"] if r["optimizer"] == name)
+        reached = [step for step, value in history if value >= summary["target"]]
+        assert row["steps_to_target"] == (reached[0] if reached else np.inf), name
+        assert row["val_accuracy_mean"] == pytest.approx(history[-1][1], rel=1e-6)
 
 
 # -- the jobs end to end ----------------------------------------------------------------------
@@ -390,7 +455,10 @@ def test_compare_tunes_on_worker_processes_and_the_seed_run_reproduces_the_best_
     (seed,) = [r for r in below if r.data.tags.get("keras_optsuite.kind") == "seed"]
     assert len(trials) == 3 and summary["leaderboard"][0]["tuning_trials"] == 3, "the whole budget, once"
     assert {r.data.tags["keras_optsuite.tuner_id"] for r in trials} <= {"tuner0", "tuner1"}, "run by the workers"
-    best = max(trials, key=lambda r: float(r.data.tags["keras_optsuite.trial_score"]))
+    chosen = json.loads(summary["leaderboard"][0]["best_hyperparameters"])["Adam/learning_rate"]
+    (best,) = [r for r in trials if float(r.data.params["optimizer.learning_rate"]) == pytest.approx(chosen)]
+    assert float(best.data.tags["keras_optsuite.trial_score"]) == max(
+        float(r.data.tags["keras_optsuite.trial_score"]) for r in trials), "the oracle chose a best trial"
     # Fairness: the trial (in a worker process) and the final run (here) start from the weights of
     # seed 0 and see the data in the same order, so the best settings reproduce the trial's curve.
     assert seed.data.params["optimizer.learning_rate"] == best.data.params["optimizer.learning_rate"]
