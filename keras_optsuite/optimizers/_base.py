@@ -26,8 +26,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._config import own_config
+from keras_optsuite._learning_rate import set_learning_rate
 from keras_optsuite._validation import check_non_negative, check_positive
-from keras_optsuite.schedules._base import set_learning_rate
 
 _KERAS_ARGS = frozenset(
     inspect.signature(keras.optimizers.Optimizer.__init__).parameters

@@ -32,8 +32,8 @@ from keras.src.backend.tensorflow.optimizer import TFOptimizer
 from keras.src.saving import serialization_lib
 
 from keras_optsuite._config import own_arg_names, own_config
+from keras_optsuite._learning_rate import LearningRateDelegate, set_learning_rate
 from keras_optsuite.optimizers._base import SlotState
-from keras_optsuite.schedules._base import set_learning_rate
 
 # Arguments every wrapper handles itself (not part of its own config).
 _WRAPPER_ARGS = frozenset({"self", "inner", "name", "kwargs"})
@@ -308,3 +308,6 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         )
         return cls(inner, **config)
 
+
+# set_learning_rate (keras_optsuite._learning_rate) sets the inner optimizer's learning rate.
+LearningRateDelegate.register(OptimizerWrapper)
