@@ -65,6 +65,16 @@ def snapshot(value: Any) -> Any:
     return tf.identity(value)
 
 
+def assign_cast(target: Any, value: Any) -> None:
+    """``target.assign(value)`` with ``value`` cast to ``target``'s dtype.
+
+    The per-variable function for ``_update_each(assign_cast, targets,
+    per_variable=(values,))``, which writes a list of values into a list of
+    variables (slots, weights, snapshots) on every device.
+    """
+    target.assign(ops.cast(value, target.dtype))
+
+
 def compiled_by_xla() -> bool:
     """Whether the step being traced will be compiled by XLA (``jit_compile=True``)."""
     return tf.__internal__.get_enclosing_xla_context() is not None
@@ -328,7 +338,7 @@ class CrossVariableOptimizer(OptsuiteOptimizer):
         )
         targets = [target for target, _ in assignments]
         values = [value for _, value in assignments]
-        self._update_each(_assign, targets, per_variable=(values,))
+        self._update_each(assign_cast, targets, per_variable=(values,))
 
     def _update_all(
         self, grads: list, variables: list, learning_rate: Any, t: Any
@@ -362,10 +372,6 @@ class DistanceEstimate(LearningRateFree, CrossVariableOptimizer):
 def _exactly(value: float, dtype: str) -> Callable[..., Any]:
     # Keras's Constant initializer goes through float32 (1e-6 would change).
     return lambda shape, dtype=dtype: tf.fill(shape, tf.constant(value, dtype=dtype))
-
-
-def _assign(target: Any, value: Any) -> None:
-    target.assign(ops.cast(value, target.dtype))
 
 
 def power(base: float, t: Any) -> Any:
