@@ -37,7 +37,7 @@ _DOC_PLACEHOLDER = "{{base_optimizer_keyword_args}}"
 
 
 def _keras_base_args_doc() -> str:
-    from keras.src.optimizers.optimizer import base_optimizer_keyword_args
+    from keras_optsuite._upstream import base_optimizer_keyword_args
 
     return base_optimizer_keyword_args
 

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend.tensorflow.optimizer import TFOptimizer
 
+from keras_optsuite._upstream import TFOptimizer
 from keras_optsuite._validation import check_non_negative, check_positive
 from keras_optsuite.optimizers._base import assign_cast, dense_gradient, snapshot
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, deduplicate
