@@ -28,7 +28,7 @@ import os
 import warnings
 from typing import Any
 
-from keras_optsuite.callbacks._journal import is_pending_run_id
+from keras_optsuite.callbacks._records import is_pending_run_id
 from keras_optsuite.callbacks._store import resolve_tracking_uri, server_is_reachable
 
 DEFAULT_EXPERIMENT = "keras-optsuite"

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import csv
 import io
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -24,12 +20,15 @@ import numpy as np
 
 from keras_optsuite._validation import check_choice, check_positive_int
 from keras_optsuite.callbacks import _run_params
-from keras_optsuite.callbacks._journal import Journal, Sink, is_pending_run_id
+from keras_optsuite.callbacks._journal import Journal
 from keras_optsuite.callbacks._logged_model import input_example, log_keras_model
+from keras_optsuite.callbacks._process_hooks import ProcessHooks
+from keras_optsuite.callbacks._records import is_pending_run_id
 from keras_optsuite.callbacks._resume import RunState
 from keras_optsuite.callbacks._run_target import Target as _Target
 from keras_optsuite.callbacks._run_target import logged_steps as _logged_steps
 from keras_optsuite.callbacks._run_target import resolve_target
+from keras_optsuite.callbacks._sink import Sink
 from keras_optsuite.callbacks._store import (
     default_journal_path,
     fail_fast_http,
@@ -248,8 +247,9 @@ class MLflowTracking(keras.callbacks.Callback):
         self._temporary: tempfile.TemporaryDirectory | None = None
         self._snapshot: list[np.ndarray] | None = None
         self._learning_rate_at_step: float | None = None
-        self._previous_sigterm: Any = None
-        self._previous_excepthook: Any = None
+        # Process-wide on purpose, and only while a run is open (installed
+        # when it starts, removed when it ends).
+        self._process_hooks = ProcessHooks(self._on_uncaught, self._at_exit, self._on_sigterm)
         self._failure: str | None = None
 
     @property
@@ -356,7 +356,7 @@ class MLflowTracking(keras.callbacks.Callback):
             self._log_input()
         self._save_resume_state()
         if self._owns_run:  # a run someone else started is theirs to end
-            self._install_exit_hooks()
+            self._process_hooks.install()
 
     def _create_run(self, target: _Target, tags: dict[str, str]) -> bool:
         """Create the run now; False (to create it offline) if the server stopped answering meanwhile."""
@@ -488,7 +488,7 @@ class MLflowTracking(keras.callbacks.Callback):
     def _end(self, status: str, failure: str | None = None) -> None:
         """Log the artifacts, end the run with ``status``, flush (bounded)."""
         self._ended, self._active = True, False
-        self._remove_exit_hooks()
+        self._process_hooks.remove()
         try:
             if is_pending_run_id(self.run_id):
                 self._sink.flush(self.flush_timeout)  # creates the run if the server answers now
@@ -723,67 +723,20 @@ class MLflowTracking(keras.callbacks.Callback):
             except Exception as error:  # noqa: BLE001 - the .keras files are logged; say what failed
                 print(f"MLflowTracking: could not log the MLflow model {name!r}: {error!r}", file=sys.stderr)
 
-    # -- exit hooks: never leave a run RUNNING -----------------------------------------
-    def _install_exit_hooks(self) -> None:
-        # Process-wide on purpose, and only while a run is open: without them
-        # a crash or SIGTERM outside the `with` block leaves the run RUNNING.
-        # Each hook chains to the one it replaced, and _remove_exit_hooks puts
-        # that one back when the run ends. Nothing else here touches MLflow's
-        # or the process's global state (the tracking URI, the environment,
-        # the active run and experiment are only read).
-        self._previous_excepthook = sys.excepthook
-        sys.excepthook = self._excepthook
-        atexit.register(self._at_exit)
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _remove_exit_hooks(self) -> None:
-        if self._previous_excepthook is not None and sys.excepthook == self._excepthook:
-            sys.excepthook = self._previous_excepthook
-        atexit.unregister(self._at_exit)
-        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-        self._previous_excepthook = self._previous_sigterm = None
-
-    def _excepthook(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    # -- process hooks (callbacks/_process_hooks.py): never leave a run RUNNING -------
+    def _on_uncaught(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._failure = "".join(traceback.format_exception(exc_type, exc, tb))
-        previous = self._previous_excepthook or sys.__excepthook__
-        interrupted = issubclass(exc_type, KeyboardInterrupt)
         if self._active:
+            interrupted = issubclass(exc_type, KeyboardInterrupt)
             self._end("KILLED" if interrupted else "FAILED", self._failure)
-        previous(exc_type, exc, tb)
-        if interrupted and not (sys.flags.interactive or hasattr(sys, "ps1")):
-            _exit_as_interrupted()
 
     def _at_exit(self) -> None:
         if self._active:
             self._end("FAILED", self._failure or "the process exited during training")
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        previous = self._previous_sigterm
+    def _on_sigterm(self) -> None:
         if self._active:
             self._end("KILLED")
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            raise SystemExit(128 + signum)
-
-
-def _exit_as_interrupted() -> None:
-    """End the process as Python ends it on an uncaught Ctrl-C: killed by SIGINT (130 in a shell).
-
-    CPython marks an uncaught KeyboardInterrupt with a flag that is cleared
-    whenever C code runs Python through ``PyRun_String`` (Cython modules do;
-    drawing the learning curves at the run's end did), and then the process
-    exited 1, which a scheduler reads as a failure. The atexit handlers run
-    first, as in a normal exit; then SIGINT with its default action.
-    """
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _learning_rate(optimizer: Any) -> float | None:

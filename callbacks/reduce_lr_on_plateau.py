@@ -6,18 +6,11 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
+from keras_optsuite._upstream import io_utils
 from keras_optsuite.schedules import set_learning_rate
 
-if not hasattr(keras.callbacks.ReduceLROnPlateau, "_reduce_optimizer_lr"):  # pragma: no cover
-    raise ImportError(
-        "keras_optsuite.callbacks.ReduceLROnPlateau needs "
-        "keras.callbacks.ReduceLROnPlateau._reduce_optimizer_lr, which Keras "
-        f"{keras.__version__} no longer has; please report this."
-    )
-
-
+# keras_optsuite._upstream checks on import that _reduce_optimizer_lr still exists.
 class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     """``keras.callbacks.ReduceLROnPlateau`` that also works under a schedule.
 

@@ -5,10 +5,12 @@ regularizer with Keras, so ``model.compile(optimizer="keras_optsuite>RAdam")``
 and ``keras.models.load_model`` of a model using them work after
 ``import keras_optsuite``. It also makes ``model.fit`` work under
 ``MultiWorkerMirroredStrategy`` on Keras 3.15 (see
-:mod:`keras_optsuite.distribute`).
+:mod:`keras_optsuite.distribute`). :func:`diagnose` (``optsuite doctor``)
+says which of these patches of Keras are active, and why the others are not.
 """
 
 from keras_optsuite._version import __version__
 from keras_optsuite import distribute, layers, optimizers, regularizers, schedules
+from keras_optsuite._upstream import diagnose
 
-__all__ = ["__version__", "distribute", "layers", "optimizers", "regularizers", "schedules"]
+__all__ = ["__version__", "diagnose", "distribute", "layers", "optimizers", "regularizers", "schedules"]

@@ -64,6 +64,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from keras_optsuite import diagnose
+
+    diagnose()
+    return 0
+
+
 def _cmd_tracking_replay(args: argparse.Namespace) -> int:
     from keras_optsuite.callbacks.replay import replay_journals
 
@@ -184,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         "transformations, schedules, layers and regularizers with their papers"
     )
     list_parser.set_defaults(handler=_cmd_list)
+
+    doctor_parser = commands.add_parser(
+        "doctor", help="which patches of Keras are active (closure train step, multi-worker fit) "
+        "and why the others are not; the private Keras methods overridden"
+    )
+    doctor_parser.set_defaults(handler=_cmd_doctor)
 
     _add_pipeline_commands(commands)
 

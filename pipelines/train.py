@@ -18,7 +18,7 @@ from typing import Any, Mapping, TextIO
 from keras_optsuite.pipelines._common import OUTPUT_ROOT, context, parse_contestant
 from keras_optsuite.pipelines._unattended import PipelineLock, Progress, Slot, say
 from keras_optsuite.pipelines.tune import SeededHyperModel
-from keras_optsuite.schedules._base import set_learning_rate
+from keras_optsuite.schedules import set_learning_rate
 
 
 def run_train(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,

@@ -4,6 +4,13 @@ registered wrapper around a built-in Keras optimizer and around one of ours.
 A ``Subject`` knows how to build its optimizer (with exact hyperparameters
 for the float64 numerics, or with tuned ones for training checks) and how
 to build the matching NumPy reference (``references/_harness.py``).
+
+The test bookkeeping of each registry row lives here, not in the product's
+registry: :data:`REFERENCES` names its NumPy reference module in
+``tests/references/`` and :data:`EXCLUSIONS` the contract checks that do not
+apply to it (keys are names in ``test_optimizer_contract.py``'s
+``EXCLUDABLE_CHECKS``), each with the reason and the test covering the
+behaviour instead.
 """
 
 from __future__ import annotations
@@ -18,6 +25,74 @@ import keras
 from keras_optsuite.optimizers import REGISTRY, WRAPPERS, GradientCentralization, RAdam
 from references import chain as chain_reference
 from references._harness import PerTensor, reference_for
+
+#: The NumPy reference module (``tests/references/<module>.py``) of every
+#: registry row (optimizers, compositions and wrappers), by class name.
+REFERENCES = {
+    "RAdam": "radam", "AdaBelief": "adabelief", "Yogi": "yogi", "LazyAdam": "lazy_adam",
+    "Adan": "adan", "ADOPT": "adopt", "AdEMAMix": "ademamix", "QHAdam": "qhadam", "QHM": "qhm",
+    "AggMo": "aggmo", "LaProp": "laprop", "MADGRAD": "madgrad", "Shampoo": "shampoo",
+    "SOAP": "soap", "AdaHessian": "adahessian", "Sophia": "sophia", "LBFGS": "lbfgs",
+    "Signum": "signum", "LARS": "lars", "NovoGrad": "novograd", "COCOB": "cocob",
+    "Prodigy": "prodigy", "DAdaptAdam": "dadapt_adam", "ScheduleFreeSGD": "schedule_free_sgd",
+    "ScheduleFreeAdamW": "schedule_free_adamw", "ScheduleFreeRAdam": "schedule_free_radam",
+    # Compositions (registry.COMPOSITIONS).
+    "Ranger": "ranger",
+    # Wrappers (registry.WRAPPERS): each module holds a class of the wrapper's name.
+    "Lookahead": "lookahead", "SAM": "sam", "ASAM": "sam", "GSAM": "sam", "SWA": "swa",
+    "ExponentialMovingAverage": "ema", "GradientAccumulation": "gradient_accumulation",
+    "SkipNonFinite": "skip_non_finite", "Chain": "chain",
+}
+
+#: The contract checks that step with ``apply(gradients)`` alone.
+_APPLY_ONLY_CHECKS = ("paper_update_rule", "convex_quadratic", "schedule", "weight_decay",
+                      "norm_clipping", "clipvalue", "sparse_matches_dense")
+
+
+def closure_exclusions(covered_by: str) -> dict[str, str]:
+    """The exclusions of a method that needs a closure (SAM, AdaHessian, Sophia, L-BFGS).
+
+    The contract's checks that call ``apply`` with gradients only cannot run
+    it (``ClosureRequiredError`` by design); ``covered_by`` says where the
+    method's own tests check the same behaviour through ``model.fit``.
+    """
+    reason = f"apply() without a closure raises ClosureRequiredError by design; {covered_by}"
+    return {check: reason for check in _APPLY_ONLY_CHECKS}
+
+
+_CLOSURE_WRAPPER_EXCLUSIONS = closure_exclusions(
+    "the update rule, learning rate, fit/train_on_batch, sample weights, sparse gradients, "
+    "mixed precision and MirroredStrategy are tested through the closure train step in "
+    "tests/test_closure_and_sam.py"
+)
+
+#: Contract checks that do not apply to a registry row, by class name: the
+#: reason, and where the row's own behaviour is tested instead.
+EXCLUSIONS: dict[str, dict[str, str]] = {
+    "LazyAdam": {
+        "sparse_matches_dense": "LazyAdam updates only the rows in the batch by design; "
+        "tests/test_lazy_adam.py checks its sparse update against a NumPy reference",
+    },
+    "AdaHessian": closure_exclusions(
+        "tests/test_adahessian.py checks model.fit steps against tests/references/adahessian.py "
+        "(with decoupled weight decay, a learning-rate schedule and clipnorm), the Hutchinson "
+        "estimator and both Hessian-vector-product modes on Embedding (densified) gradients"
+    ),
+    "Sophia": closure_exclusions(
+        "tests/test_sophia.py checks model.fit steps of both estimators against "
+        "tests/references/sophia.py (decoupled weight decay, a learning-rate schedule, "
+        "clipnorm, refresh every k steps, both clip branches) and the estimators' "
+        "expectations; Embedding gradients are densified (dense state, as AdaHessian)"
+    ),
+    "LBFGS": closure_exclusions(
+        "sparse gradients raise ValueError (a full-batch method); tests/test_lbfgs.py checks "
+        "the iterations against tests/references/lbfgs.py, the strong-Wolfe conditions, "
+        "learning-rate schedules and the convex optimum of scipy's L-BFGS-B through model.fit"
+    ),
+    "SAM": _CLOSURE_WRAPPER_EXCLUSIONS,
+    "ASAM": _CLOSURE_WRAPPER_EXCLUSIONS,
+    "GSAM": _CLOSURE_WRAPPER_EXCLUSIONS,
+}
 
 # Forwarded to every optimizer the suite builds; set on the inner optimizer of a wrapper.
 BASE_OPTIONS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
@@ -57,7 +132,7 @@ class Subject:
     # NumPy reference of the gradient transformations in front of the
     # optimizer that owns the Keras clip options (identity if there are none).
     seen_by_inner: Callable[[list, list], list] = lambda grads, params: grads
-    # Contract checks that do not apply, with the reason (OptimizerSpec.exclusions).
+    # Contract checks that do not apply, with the reason (EXCLUSIONS).
     exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
     inner: str | None = None  # a wrapper's inner optimizer (Inner.id)
     # Whole-model float32 comparisons (XLA, MirroredStrategy) widen their
@@ -112,11 +187,11 @@ def _optimizer_subject(spec) -> Subject:
         cls=spec.cls,
         numeric_cases=tuple(cases),
         _build=lambda hyper, options: spec.cls(**{**hyper, **options}),
-        _reference=lambda hyper, lr: reference_for(_module(spec.reference), lr, **hyper),
+        _reference=lambda hyper, lr: reference_for(_module(REFERENCES[spec.name]), lr, **hyper),
         registered_name=spec.registered_name,
         own_arguments=tuple(dict.fromkeys(own)),
         tuned=dict(spec.tuned),
-        exclusions=dict(spec.exclusions),
+        exclusions=dict(EXCLUSIONS.get(spec.name, {})),
         seen_by_inner=(
             _transform_reference(_TRANSFORMS[spec.name]())
             if spec.name in _TRANSFORMS else Subject.seen_by_inner
@@ -131,7 +206,7 @@ def _wrapped_subject(spec, inner: Inner) -> Subject:
     def reference(hyper, lr):
         wrapper_args = {**spec.example, **hyper}
         inner_reference = PerTensor(_module(inner.reference), lr, **inner.hyper)
-        wrapper_class = getattr(_module(spec.reference), spec.name)
+        wrapper_class = getattr(_module(REFERENCES[spec.name]), spec.name)
         return wrapper_class(inner_reference, **wrapper_args)
 
     own = tuple(
@@ -146,7 +221,7 @@ def _wrapped_subject(spec, inner: Inner) -> Subject:
         _reference=reference,
         own_arguments=own,
         micro_steps=spec.example.get("steps", 1),
-        exclusions=dict(spec.exclusions),
+        exclusions=dict(EXCLUSIONS.get(spec.name, {})),
         inner=inner.id,
         tuned={"learning_rate": inner.tuned_learning_rate},
         seen_by_inner=(

@@ -33,7 +33,7 @@ by_comparison_name = pytest.mark.parametrize(
     "subject", TRAINING_SUBJECTS + AT_DEFAULTS, ids=[s.id for s in TRAINING_SUBJECTS + AT_DEFAULTS]
 )
 
-# Checks a method may be excluded from (OptimizerSpec.exclusions), because
+# Checks a method may be excluded from (subjects.EXCLUSIONS), because
 # its defined behaviour differs on purpose; its own test module covers it.
 EXCLUDABLE_CHECKS = (
     "sparse_matches_dense",

@@ -21,8 +21,9 @@ from keras_optsuite.optimizers import (
     Ranger,
     get_spec,
 )
+from subjects import REFERENCES
 
-REFERENCES = Path(__file__).parent / "references"
+REFERENCES_DIR = Path(__file__).parent / "references"
 
 
 def test_every_shipped_optimizer_and_wrapper_class_is_in_a_registry():
@@ -44,7 +45,7 @@ def _assert_registered_with_reference_and_citation(spec):
     """What every registry row (optimizer or wrapper) must have."""
     assert spec.registered_name == f"keras_optsuite>{spec.name}"
     assert keras.saving.get_registered_object(spec.registered_name) is spec.cls
-    assert (REFERENCES / f"{spec.reference}.py").is_file()
+    assert (REFERENCES_DIR / f"{REFERENCES[spec.name]}.py").is_file()
     assert spec.url.startswith("https://") and spec.paper
     assert spec.url in spec.cls.__doc__, "the docstring cites the method"
 

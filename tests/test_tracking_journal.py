@@ -25,8 +25,9 @@ import pytest
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 
 from keras_optsuite import cli
-from keras_optsuite.callbacks import _journal, _store
-from keras_optsuite.callbacks._journal import Journal, Sink
+from keras_optsuite.callbacks import _requests, _store
+from keras_optsuite.callbacks._journal import Journal
+from keras_optsuite.callbacks._sink import Sink
 from mlflow_server import free_port
 
 pytestmark = pytest.mark.xdist_group("tracking_journal")  # one worker: one server per module
@@ -159,12 +160,12 @@ def test_plan_requests_respects_mlflow_batch_limits():
         + [{"kind": "params", "run_id": "b", "params": {"same": "1"}}]
         + [{"kind": "params", "run_id": "b", "params": {"same": "2"}}]
     )
-    plan = _journal._plan_requests(records)
+    plan = _requests.plan_requests(records)
     assert plan[0][0] == 0 and plan[-1][1] == len(records)
     assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))  # contiguous, in order
     for start, end in plan:
         chunk = records[start:end]
-        counts = [sum(c) for c in zip(*(_journal._entity_counts(r) for r in chunk))]
+        counts = [sum(c) for c in zip(*(_requests.entity_counts(r) for r in chunk))]
         assert counts[0] <= 1000 and counts[1] <= 100 and counts[2] <= 100 and sum(counts) <= 1000
         assert len({r["run_id"] for r in chunk}) == 1
         assert all(r["kind"] != "terminate" for r in chunk) or len(chunk) == 1

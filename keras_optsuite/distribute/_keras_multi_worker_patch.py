@@ -52,14 +52,14 @@ the distributed iterator) and ``ModelCheckpoint``, which, like the original
 
 from __future__ import annotations
 
-import inspect
 import os
-import re
 import tempfile
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import keras
+
+from keras_optsuite import _upstream
+from keras_optsuite._upstream import APPLIED, UpstreamPatch, keras_version
 
 #: ``[first, last)`` Keras versions the fix is for: the failure is reported
 #: since Keras 3.0 / TensorFlow 2.16 (tensorflow/tensorflow#72388,
@@ -67,10 +67,6 @@ import keras
 #: the source probe still decides; past it the fix is off until someone
 #: checks the new release and moves the bound.
 KNOWN_AFFECTED_KERAS = ((3, 0, 0), (3, 16, 0))
-
-APPLIED = "applied"
-
-_originals: dict[str, tuple[Any, str, Any]] = {}
 
 
 def _is_multi_worker(strategy: Any) -> bool:
@@ -109,7 +105,7 @@ def _per_replica_element_spec(iterator: Any) -> Any:
 
 # --- the replacements --------------------------------------------------------
 def _make_maybe_symbolic_build(original: Callable) -> Callable:
-    from keras.src import tree
+    tree = _upstream.tree
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
@@ -135,7 +131,7 @@ def _make_maybe_symbolic_build(original: Callable) -> Callable:
 
 
 def _make_reduce_per_replica(original: Callable) -> Callable:
-    from keras.src import tree
+    tree = _upstream.tree
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and _is_multi_worker(strategy):
@@ -173,27 +169,27 @@ def _make_backup_train_end(original: Callable) -> Callable:
     return on_train_end
 
 
-# --- probes and bookkeeping ----------------------------------------------------
-@dataclass(frozen=True)
-class _Fix:
-    name: str
-    owner: Callable[[], Any]  # the class or module holding the attribute
-    attribute: str
-    #: Fragments of the faulty upstream source (whitespace ignored).
-    faulty_code: tuple[str, ...]
-    make: Callable[[Callable], Callable]
+# --- the patches ------------------------------------------------------------------
+_PURPOSE = "multi-worker model.fit (keras-team/keras#20585), see keras_optsuite.distribute"
+
+
+def _Fix(
+    *, name: str, owner: Callable[[], Any], attribute: str, faulty_code: tuple[str, ...],
+    make: Callable[[Callable], Callable],
+) -> UpstreamPatch:
+    """A fix of faulty upstream code: off (not needed) once ``faulty_code`` is gone."""
+    return UpstreamPatch(
+        name=name, owner=owner, attribute=attribute, expected_source=faulty_code, make=make,
+        fixes_upstream_bug=True, purpose=_PURPOSE,
+    )
 
 
 def _trainer_class() -> Any:
-    from keras.src.backend.tensorflow import trainer
-
-    return trainer.TensorFlowTrainer
+    return _upstream.tensorflow_trainer.TensorFlowTrainer
 
 
 def _trainer_module() -> Any:
-    from keras.src.backend.tensorflow import trainer
-
-    return trainer
+    return _upstream.tensorflow_trainer
 
 
 _FIXES = (
@@ -237,28 +233,12 @@ _FIXES = (
 
 
 def _keras_version() -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
+    return keras_version()
 
 
-def _why_not_needed(fix: _Fix) -> str | None:
+def _why_not_needed(fix: UpstreamPatch) -> str | None:
     """None if ``fix`` applies to this Keras, else the reason it does not."""
-    low, high = KNOWN_AFFECTED_KERAS
-    if not low <= _keras_version() < high:
-        return f"not needed: Keras {keras.__version__} is outside the affected range"
-    if keras.backend.backend() != "tensorflow":
-        return f"not needed: backend is {keras.backend.backend()!r}"
-    try:
-        owner = fix.owner()
-        if isinstance(owner, type) and fix.attribute not in owner.__dict__:
-            return f"not needed: upstream code changed ({fix.attribute} moved)"
-        source = inspect.getsource(getattr(owner, fix.attribute))
-    except (ImportError, AttributeError, OSError, TypeError) as error:
-        return f"not applied: upstream code not found ({error})"
-    compact = re.sub(r"\s+", "", source)
-    missing = [f for f in fix.faulty_code if re.sub(r"\s+", "", f) not in compact]
-    if missing:
-        return "not needed: upstream code changed (faulty code not found)"
-    return None
+    return _upstream.why_refused(fix, KNOWN_AFFECTED_KERAS)
 
 
 def enable_multi_worker_fit() -> dict[str, str]:
@@ -277,24 +257,7 @@ def enable_multi_worker_fit() -> dict[str, str]:
     >>> enable_multi_worker_fit()["symbolic_build"]
     'applied'
     """
-    status = {}
-    for fix in _FIXES:
-        if fix.name in _originals:
-            status[fix.name] = APPLIED
-            continue
-        reason = _why_not_needed(fix)
-        if reason is not None:
-            status[fix.name] = reason
-            continue
-        owner = fix.owner()
-        original = getattr(owner, fix.attribute)
-        replacement = fix.make(original)
-        replacement.__wrapped__ = original
-        replacement.__doc__ = f"keras_optsuite multi-worker fix {fix.name!r}, see keras_optsuite.distribute."
-        setattr(owner, fix.attribute, replacement)
-        _originals[fix.name] = (owner, fix.attribute, original)
-        status[fix.name] = APPLIED
-    return status
+    return {fix.name: _upstream.apply_patch(fix, KNOWN_AFFECTED_KERAS) for fix in _FIXES}
 
 
 def disable_multi_worker_fit() -> None:
@@ -305,6 +268,5 @@ def disable_multi_worker_fit() -> None:
     >>> from keras_optsuite.distribute import disable_multi_worker_fit
     >>> disable_multi_worker_fit()
     """
-    while _originals:
-        _, (owner, attribute, original) = _originals.popitem()
-        setattr(owner, attribute, original)
+    for fix in _FIXES:
+        _upstream.restore_patch(fix, "disabled by disable_multi_worker_fit()")

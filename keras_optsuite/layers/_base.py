@@ -31,9 +31,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src import backend  # AutocastScope: not exported publicly in Keras 3.15
-from keras.src.backend.common import stateless_scope
-
+from keras_optsuite._upstream import AutocastScope, stateless_scope
 from keras_optsuite._validation import check_fraction
 
 RATE_DTYPE = "float32"
@@ -192,7 +190,7 @@ class KernelReparameterization(keras.layers.Wrapper):
 
     def call(self, inputs: Any, training: Any = None) -> Any:
         kernel = self.layer.kernel
-        with backend.AutocastScope(None):  # the stored float32 kernel, not a float16 copy
+        with AutocastScope(None):  # the stored float32 kernel, not a float16 copy
             value = self._effective_kernel(ops.convert_to_tensor(kernel.value), is_training(training))
         return self._call_with(inputs, [(kernel, value)])
 

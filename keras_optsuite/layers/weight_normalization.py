@@ -7,9 +7,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src import backend  # AutocastScope: not exported publicly in Keras 3.15
-
 from keras_optsuite._config import own_config
+from keras_optsuite._upstream import AutocastScope
 from keras_optsuite._validation import check_bool
 from keras_optsuite.layers._base import KernelReparameterization, is_training
 
@@ -127,7 +126,7 @@ class WeightNormalization(KernelReparameterization):
         kernel = self.layer.kernel
 
         def initial_norms(shape: Any, dtype: Any = None) -> Any:
-            with backend.AutocastScope(None):  # the float32 kernel under mixed precision
+            with AutocastScope(None):  # the float32 kernel under mixed precision
                 v = ops.convert_to_tensor(kernel.value)
             return ops.cast(1.0 / _inverse_column_norms(v), dtype)
 
@@ -159,7 +158,7 @@ class WeightNormalization(KernelReparameterization):
         pending = ops.convert_to_tensor(self.initialized) < 0.5
 
         def batch_moments() -> Any:
-            with backend.AutocastScope(None):
+            with AutocastScope(None):
                 v = ops.convert_to_tensor(kernel.value)
             replacements = [(kernel, v * _inverse_column_norms(v))]
             if bias is not None:

@@ -37,6 +37,7 @@ from keras_optsuite.optimizers.adahessian import AdaHessian
 from keras_optsuite.optimizers.sophia import Sophia
 from keras_optsuite.optimizers.lbfgs import LBFGS
 from keras_optsuite.optimizers.registry import (
+    COMPOSITIONS,
     REGISTRY,
     WRAPPERS,
     OptimizerSpec,
@@ -61,7 +62,7 @@ from keras_optsuite.optimizers.schedule_free import (
 __all__ = [
     "ASAM", "GSAM", "SAM", "apply_with_closure", "closure", "closure_train_step",
     "COCOB", "LARS", "NovoGrad", "Shampoo", "SOAP", "AdaHessian", "Sophia", "LBFGS",
-    "ADOPT", "AGC", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "Chain", "ClipByGlobalNorm",
+    "ADOPT", "AGC", "COMPOSITIONS", "AdaBelief", "AdEMAMix", "Adan", "AggMo", "Chain", "ClipByGlobalNorm",
     "EvaluationWeights", "ExponentialMovingAverage", "GradientAccumulation",
     "GradientCentralization", "GradientTransformation", "LaProp", "LazyAdam", "Lookahead",
     "MADGRAD", "OptimizerSpec", "OptimizerWrapper", "OptsuiteOptimizer", "QHAdam", "QHM", "RAdam",

@@ -26,8 +26,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._config import own_config
+from keras_optsuite._learning_rate import set_learning_rate
 from keras_optsuite._validation import check_non_negative, check_positive
-from keras_optsuite.schedules._base import set_learning_rate
 
 _KERAS_ARGS = frozenset(
     inspect.signature(keras.optimizers.Optimizer.__init__).parameters
@@ -37,7 +37,7 @@ _DOC_PLACEHOLDER = "{{base_optimizer_keyword_args}}"
 
 
 def _keras_base_args_doc() -> str:
-    from keras.src.optimizers.optimizer import base_optimizer_keyword_args
+    from keras_optsuite._upstream import base_optimizer_keyword_args
 
     return base_optimizer_keyword_args
 
@@ -63,6 +63,16 @@ def snapshot(value: Any) -> Any:
     if isinstance(value, keras.Variable):
         value = value.value
     return tf.identity(value)
+
+
+def assign_cast(target: Any, value: Any) -> None:
+    """``target.assign(value)`` with ``value`` cast to ``target``'s dtype.
+
+    The per-variable function for ``_update_each(assign_cast, targets,
+    per_variable=(values,))``, which writes a list of values into a list of
+    variables (slots, weights, snapshots) on every device.
+    """
+    target.assign(ops.cast(value, target.dtype))
 
 
 def compiled_by_xla() -> bool:
@@ -328,7 +338,7 @@ class CrossVariableOptimizer(OptsuiteOptimizer):
         )
         targets = [target for target, _ in assignments]
         values = [value for _, value in assignments]
-        self._update_each(_assign, targets, per_variable=(values,))
+        self._update_each(assign_cast, targets, per_variable=(values,))
 
     def _update_all(
         self, grads: list, variables: list, learning_rate: Any, t: Any
@@ -362,10 +372,6 @@ class DistanceEstimate(LearningRateFree, CrossVariableOptimizer):
 def _exactly(value: float, dtype: str) -> Callable[..., Any]:
     # Keras's Constant initializer goes through float32 (1e-6 would change).
     return lambda shape, dtype=dtype: tf.fill(shape, tf.constant(value, dtype=dtype))
-
-
-def _assign(target: Any, value: Any) -> None:
-    target.assign(ops.cast(value, target.dtype))
 
 
 def power(base: float, t: Any) -> Any:

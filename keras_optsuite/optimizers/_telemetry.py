@@ -24,13 +24,14 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_optsuite._upstream import listen_to_gradient_sum
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, deduplicate, iter_optimizers
 
 _ATTRIBUTE = "_optsuite_gradient_norm_probe"
 
 
 def _summing_optimizer(optimizer: Any) -> Any | None:
-    """The optimizer whose ``_all_reduce_sum_gradients`` forms the global gradient.
+    """The optimizer whose gradient sum (``_all_reduce_sum_gradients``) forms the global gradient.
 
     None for a ``MultiOptimizer`` (each sub-optimizer sums only its own
     variables, so no single place sees the whole gradient).
@@ -67,10 +68,8 @@ class GradientNormProbe:
                 1, dtype="int64", trainable=False,
                 aggregation="only_first_replica", name="gradient_norm_period",
             )  # fmt: skip
-        summed = target._all_reduce_sum_gradients  # the bound method, or a wrapper's override
 
-        def probed(grads_and_vars: Any) -> list:
-            pairs = list(summed(grads_and_vars))
+        def probe(pairs: list) -> None:
             step = ops.cast(self.optimizer.iterations, "int64") + 1
             gradients = [g for g, _ in pairs if g is not None]
             self.variable.assign(
@@ -80,9 +79,9 @@ class GradientNormProbe:
                     lambda: ops.cast(float("nan"), "float32"),
                 )
             )
-            return pairs
 
-        target._all_reduce_sum_gradients = probed
+        # Chained onto the bound method, or a wrapper's override.
+        listen_to_gradient_sum(target, probe)
 
     @property
     def value(self) -> float:

@@ -28,12 +28,10 @@ from typing import Any, ClassVar, Iterator, Sequence
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend.tensorflow.optimizer import TFOptimizer
-from keras.src.saving import serialization_lib
-
 from keras_optsuite._config import own_arg_names, own_config
+from keras_optsuite._learning_rate import LearningRateDelegate, set_learning_rate
+from keras_optsuite._upstream import serialization_lib, take_over_gradient_sum
 from keras_optsuite.optimizers._base import SlotState
-from keras_optsuite.schedules._base import set_learning_rate
 
 # Arguments every wrapper handles itself (not part of its own config).
 _WRAPPER_ARGS = frozenset({"self", "inner", "name", "kwargs"})
@@ -53,13 +51,6 @@ def _keras_optimizer_arguments() -> frozenset[str]:
 
 # Keras options that act on the gradient or the step: they belong on the inner optimizer.
 _KERAS_OPTIMIZER_ARGS = _keras_optimizer_arguments()
-
-if not hasattr(TFOptimizer, "_all_reduce_sum_gradients"):  # pragma: no cover
-    raise ImportError(
-        "keras_optsuite wrappers need TFOptimizer._all_reduce_sum_gradients, which "
-        f"Keras {keras.__version__} no longer has; please report this."
-    )
-
 
 def iter_optimizers(optimizer: Any) -> Iterator[keras.optimizers.Optimizer]:
     """``optimizer`` and every optimizer nested inside it, outermost first.
@@ -88,18 +79,13 @@ def applied_updates(optimizer: Any) -> Any:
     return optimizer.iterations
 
 
-def _already_summed(grads_and_vars: Any) -> list:
-    return list(grads_and_vars)
-
-
 def _take_over_gradient_sum(optimizer: Any) -> None:
     for nested in iter_optimizers(optimizer):
         if isinstance(nested, OptimizerWrapper):
             nested._sums_gradients = False
         elif not isinstance(nested, keras.optimizers.MultiOptimizer):
-            # An instance attribute shadows TFOptimizer's method: the
-            # gradients this optimizer receives are already the global sum.
-            nested._all_reduce_sum_gradients = _already_summed
+            # The gradients this optimizer receives are already the global sum.
+            take_over_gradient_sum(nested)
 
 
 def _resolve_inner(inner: Any) -> keras.optimizers.Optimizer:
@@ -308,3 +294,6 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         )
         return cls(inner, **config)
 
+
+# set_learning_rate (keras_optsuite._learning_rate) sets the inner optimizer's learning rate.
+LearningRateDelegate.register(OptimizerWrapper)

@@ -6,8 +6,8 @@ import warnings
 from typing import Any, Sequence
 
 import keras
-from keras.src.saving import serialization_lib
 
+from keras_optsuite._upstream import serialization_lib
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper
 from keras_optsuite.optimizers.gradient_transforms import GradientTransformation
 

@@ -53,14 +53,14 @@ stored outside the model's variables counts the extra passes too.
 
 from __future__ import annotations
 
-import inspect
-import re
 import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import keras
 import tensorflow as tf
 
+from keras_optsuite import _upstream
+from keras_optsuite._upstream import APPLIED, UpstreamPatch
 from keras_optsuite.optimizers._base import snapshot
 from keras_optsuite.optimizers._wrapper import iter_optimizers
 
@@ -68,8 +68,6 @@ from keras_optsuite.optimizers._wrapper import iter_optimizers
 #: integration was checked against (3.15.1 here). Past it the integration
 #: stays off until someone checks the new release and moves the bound.
 KNOWN_KERAS = ((3, 3, 0), (3, 16, 0))
-
-APPLIED = "applied"
 
 #: Fragments of the upstream ``TensorFlowTrainer.train_step`` the closure
 #: step reproduces (whitespace ignored): if one disappears, Keras changed
@@ -82,9 +80,6 @@ _EXPECTED_UPSTREAM = (
     "self.optimizer.apply_gradients(zip(gradients,trainable_weights))",
     "returnself.compute_metrics(x,y,y_pred,sample_weight=sample_weight)",
 )
-
-_original_train_step: list[Callable] = []
-_status: dict[str, str] = {}
 
 Closure = Callable[[], tuple[list, Any]]
 #: ``hessian_vector_product(vectors) -> (gradients, hvps, loss)``.
@@ -142,7 +137,8 @@ def pending_closure(optimizer: Any) -> "PendingClosure":
 def missing_closure_message(optimizer: Any) -> str:
     """The error text for ``optimizer.apply`` called without a closure."""
     name = type(optimizer).__name__
-    if _status.get("train_step") == APPLIED:
+    status = _upstream.patch_status(TRAIN_STEP_PATCH.name)
+    if status == APPLIED:
         how = (
             "model.fit, train_on_batch and Keras's default train_step provide it "
             "(installed by `import keras_optsuite`). If your model overrides "
@@ -150,7 +146,7 @@ def missing_closure_message(optimizer: Any) -> str:
             "`return keras_optsuite.optimizers.closure.closure_train_step(self, data)`"
         )
     else:
-        reason = _status.get("train_step", "keras_optsuite.optimizers.closure was not imported")
+        reason = status or "keras_optsuite.optimizers.closure was not imported"
         how = (
             f"the model.fit integration is off ({reason}); override train_step with "
             "`return keras_optsuite.optimizers.closure.closure_train_step(self, data)`"
@@ -350,11 +346,8 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
                 # ... your preprocessing ...
                 return closure_train_step(self, data)
     """
-    from keras.src import tree
-    from keras.src.losses import loss as loss_module
-    from keras.src.trainers.data_adapters import data_adapter_utils
-
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    tree, loss_module = _upstream.tree, _upstream.loss_module
+    x, y, sample_weight = _upstream.data_adapter_utils.unpack_x_y_sample_weight(data)
     optimizer = model.optimizer
     with tf.GradientTape() as tape:
         y_pred, loss = _forward(model, x, y, sample_weight)
@@ -452,38 +445,40 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
 
 
 # --- installation ---------------------------------------------------------------
-def _keras_version() -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
+def _make_train_step(original: Callable) -> Callable:
+    def train_step(self: Any, data: Any) -> Any:
+        if needs_closure(getattr(self, "optimizer", None)):
+            return closure_train_step(self, data)
+        return original(self, data)
+
+    train_step.__doc__ = (
+        "Keras's train_step, or keras_optsuite's closure_train_step when the "
+        "optimizer needs a closure (keras_optsuite.optimizers.closure)."
+    )
+    return train_step
 
 
-def _trainer_class() -> Any:
-    from keras.src.backend.tensorflow import trainer
-
-    return trainer.TensorFlowTrainer
-
-
-def _why_not_applicable() -> str | None:
-    low, high = KNOWN_KERAS
-    if not low <= _keras_version() < high:
-        return f"Keras {keras.__version__} is outside the checked range"
-    if keras.backend.backend() != "tensorflow":
-        return f"backend is {keras.backend.backend()!r}, not 'tensorflow'"
-    try:
-        source = inspect.getsource(_trainer_class().__dict__["train_step"])
-    except (ImportError, KeyError, OSError, TypeError) as error:
-        return f"upstream train_step not found ({error!r})"
-    compact = re.sub(r"\s+", "", source)
-    missing = [f for f in _EXPECTED_UPSTREAM if re.sub(r"\s+", "", f) not in compact]
-    if missing:
-        return f"upstream train_step changed ({missing[0]!r} not found)"
-    return None
+#: The closure step in front of the TensorFlow trainer's ``train_step``.
+TRAIN_STEP_PATCH = UpstreamPatch(
+    name="train_step",
+    owner=lambda: _upstream.tensorflow_trainer.TensorFlowTrainer,
+    attribute="train_step",
+    expected_source=_EXPECTED_UPSTREAM,
+    make=_make_train_step,
+    purpose="model.fit hands closure optimizers (SAM family, AdaHessian, Sophia, L-BFGS) "
+    "their closure, see keras_optsuite.optimizers.closure",
+)
 
 
 def enable_closure_train_step() -> dict[str, str]:
     """Install the closure train step in front of Keras's; idempotent.
 
     Importing ``keras_optsuite`` calls it. Models whose optimizer does not
-    need a closure run Keras's ``train_step`` unchanged.
+    need a closure run Keras's ``train_step`` unchanged. It is applied only
+    when Keras is in :data:`KNOWN_KERAS` and the upstream ``train_step``
+    still has the code the closure step reproduces (``keras_optsuite._upstream``
+    checks both); otherwise closure optimizers explain in their error how
+    to train them.
 
     Returns:
         ``{"train_step": "applied" or the reason it was not}``.
@@ -493,29 +488,7 @@ def enable_closure_train_step() -> dict[str, str]:
     >>> enable_closure_train_step()["train_step"]
     'applied'
     """
-    if _original_train_step:
-        return dict(_status)
-    reason = _why_not_applicable()
-    if reason is not None:
-        _status["train_step"] = reason
-        return dict(_status)
-    trainer = _trainer_class()
-    original = trainer.__dict__["train_step"]
-
-    def train_step(self: Any, data: Any) -> Any:
-        if needs_closure(getattr(self, "optimizer", None)):
-            return closure_train_step(self, data)
-        return original(self, data)
-
-    train_step.__wrapped__ = original
-    train_step.__doc__ = (
-        "Keras's train_step, or keras_optsuite's closure_train_step when the "
-        "optimizer needs a closure (keras_optsuite.optimizers.closure)."
-    )
-    trainer.train_step = train_step
-    _original_train_step.append(original)
-    _status["train_step"] = APPLIED
-    return dict(_status)
+    return {TRAIN_STEP_PATCH.name: _upstream.apply_patch(TRAIN_STEP_PATCH, KNOWN_KERAS)}
 
 
 def disable_closure_train_step() -> None:
@@ -525,6 +498,4 @@ def disable_closure_train_step() -> None:
 
     >>> disable_closure_train_step()
     """
-    if _original_train_step:
-        _trainer_class().train_step = _original_train_step.pop()
-    _status["train_step"] = "disabled by disable_closure_train_step()"
+    _upstream.restore_patch(TRAIN_STEP_PATCH, "disabled by disable_closure_train_step()")

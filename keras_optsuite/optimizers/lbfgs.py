@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from keras_optsuite._validation import check_non_negative, check_positive_int, check_range
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, snapshot
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, assign_cast, snapshot
 from keras_optsuite.optimizers.closure import (
     PendingClosure,
     apply_with_closure,
@@ -270,7 +270,7 @@ class LBFGS(OptsuiteOptimizer):
         def write(flat: Any) -> None:
             pieces = tf.split(flat, [math.prod(v.shape) for v in variables])
             values = [tf.reshape(p, v.shape) for p, v in zip(pieces, variables)]
-            self._update_each(_assign, variables, per_variable=(values,))
+            self._update_each(assign_cast, variables, per_variable=(values,))
 
         def evaluate(given: tuple[list, Any] | None = None) -> tuple[Any, Any]:
             gradients, loss = pending.closure() if given is None else given
@@ -397,7 +397,7 @@ class LBFGS(OptsuiteOptimizer):
             )
         history = carry[-1]
         state_variables = [self._s_history, self._y_history, self._rho_history, self._history_count]
-        self._update_each(_assign, state_variables, per_variable=(list(history),))
+        self._update_each(assign_cast, state_variables, per_variable=(list(history),))
 
     def _two_loop(self, g, history: _History) -> Any:
         """``-H g`` by Nocedal and Wright's Algorithm 7.4 (empty slots are zeros)."""
@@ -493,10 +493,6 @@ class LBFGS(OptsuiteOptimizer):
         narrow = (high - low) * direction_max < self.tolerance_change
         zoom_trial = zoom_trial._replace(phase=tf.where(narrow, _DONE, _ZOOM))
         return _where(state.phase == _ZOOM, zoom_trial, state)
-
-
-def _assign(target: Any, value: Any) -> None:
-    target.assign(tf.cast(value, target.dtype))
 
 
 def _name(variable: Any) -> str:

@@ -3,11 +3,15 @@
 Docs, the contract test suite, the command line, the tuner's search spaces
 and the benchmarks all read :data:`REGISTRY`. Adding an optimizer means one
 module in this package, one :class:`OptimizerSpec` row below, and one NumPy
-reference update in ``tests/references/<reference>.py``.
+reference update in ``tests/references/`` (named in ``tests/subjects.py``,
+with any contract check that does not apply: test bookkeeping lives with
+the tests, this registry describes the product).
 
 :data:`WRAPPERS` lists the wrappers (Lookahead, averaging, accumulation,
 gradient transformations, ...) the same way; the contract suite runs each
 around a built-in Keras optimizer and a keras-optsuite one.
+:data:`COMPOSITIONS` lists wrapper compositions shipped under their own
+name (Ranger); :data:`REGISTRY` includes them.
 """
 
 from __future__ import annotations
@@ -127,15 +131,10 @@ class OptimizerSpec(NamedByClass):
         family: short grouping used in docs and search spaces.
         paper: citation of the paper whose update rule the class implements.
         url: where to read the paper.
-        reference: module name of the NumPy reference update in ``tests/references``.
         tuned: hyperparameters that train small dense models well in a few
             hundred steps (the tests, the demo and tuner starting points use them).
         variants: further hyperparameter sets that switch on a documented
             variant (e.g. ``{"amsgrad": True}``); the numerics tests cover each.
-        exclusions: contract checks that do not apply to the method, each
-            with the reason and where its own behaviour is tested instead
-            (keys are names in ``tests/test_optimizer_contract.py``'s
-            ``EXCLUDABLE_CHECKS``).
         search_space: the hyperparameters a tuner searches
             (``keras_optsuite.tuning.optimizer_space``), each with its range,
             scale and default. Learning-rate-free methods search none for the
@@ -146,10 +145,8 @@ class OptimizerSpec(NamedByClass):
     family: str
     paper: str
     url: str
-    reference: str
     tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
-    exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
     search_space: tuple[Searchable, ...] = ()
 
     def search_defaults(self) -> dict[str, Any]:
@@ -171,29 +168,33 @@ class OptimizerSpec(NamedByClass):
         return self.cls(**{**self.tuned, **overrides})
 
 
-#: The contract checks that step with ``apply(gradients)`` alone.
-_APPLY_ONLY_CHECKS = ("paper_update_rule", "convex_quadratic", "schedule", "weight_decay",
-                      "norm_clipping", "clipvalue", "sparse_matches_dense")
+#: Wrapper compositions with a name and defaults of their own, built without
+#: an inner optimizer (``Ranger()`` is ``Lookahead(Chain(RAdam(...),
+#: [GradientCentralization()]))``): used, searched and listed like an
+#: optimizer, so :data:`REGISTRY` includes them.
+COMPOSITIONS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        OptimizerSpec(
+            Ranger, "adam",
+            "Wright 2019, Ranger (RAdam + Lookahead + gradient centralization)",
+            "https://github.com/lessw2020/Ranger-Deep-Learning-Optimizer",
+            {"learning_rate": 0.01},
+            ({"sync_period": 4, "slow_step_size": 0.75, "beta_1": 0.9},),
+            search_space=(_lr(), _linear("slow_step_size", 0.3, 0.8)),
+        ),
+    ]
+}
 
 
-def closure_exclusions(covered_by: str) -> dict[str, str]:
-    """The exclusions of a method that needs a closure (SAM, AdaHessian, Sophia, L-BFGS).
-
-    The contract's checks that call ``apply`` with gradients only cannot run
-    it (``ClosureRequiredError`` by design); ``covered_by`` says where the
-    method's own tests check the same behaviour through ``model.fit``.
-    """
-    reason = f"apply() without a closure raises ClosureRequiredError by design; {covered_by}"
-    return {check: reason for check in _APPLY_ONLY_CHECKS}
-
-
+#: Every optimizer: the methods (one module each) and the :data:`COMPOSITIONS`.
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
         OptimizerSpec(
             RAdam, "adam",
             "Liu et al. 2019, On the Variance of the Adaptive Learning Rate and Beyond",
-            "https://arxiv.org/abs/1908.03265", "radam",
+            "https://arxiv.org/abs/1908.03265",
             {"learning_rate": 0.01},
             ({"sma_threshold": 4.0},),
             search_space=(_lr(), _BETA_1),
@@ -201,7 +202,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             AdaBelief, "adam",
             "Zhuang et al. 2020, AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
-            "https://arxiv.org/abs/2010.07468", "adabelief",
+            "https://arxiv.org/abs/2010.07468",
             {"learning_rate": 0.01},
             ({"amsgrad": True}, {"rectify": True}, {"rectify": True, "amsgrad": True}),
             search_space=(_lr(), _BETA_1),
@@ -210,7 +211,6 @@ REGISTRY: dict[str, OptimizerSpec] = {
             Yogi, "adam",
             "Zaheer et al. 2018, Adaptive Methods for Nonconvex Optimization",
             "https://papers.nips.cc/paper/8186-adaptive-methods-for-nonconvex-optimization",
-            "yogi",
             {"learning_rate": 0.01},
             search_space=(_lr(1e-3, 1.0), _BETA_1),
         ),
@@ -218,25 +218,21 @@ REGISTRY: dict[str, OptimizerSpec] = {
             LazyAdam, "adam",
             "Kingma and Ba 2015, Adam: A Method for Stochastic Optimization "
             "(lazy sparse updates as in TensorFlow Addons' LazyAdam)",
-            "https://arxiv.org/abs/1412.6980", "lazy_adam",
+            "https://arxiv.org/abs/1412.6980",
             {"learning_rate": 0.01},
-            exclusions={
-                "sparse_matches_dense": "LazyAdam updates only the rows in the batch by design; "
-                "tests/test_lazy_adam.py checks its sparse update against a NumPy reference",
-            },
             search_space=(_lr(), _BETA_1),
         ),
         OptimizerSpec(
             Adan, "adam",
             "Xie et al. 2022, Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models",
-            "https://arxiv.org/abs/2208.06677", "adan",
+            "https://arxiv.org/abs/2208.06677",
             {"learning_rate": 0.01},
             search_space=(_lr(), _linear("beta_1", 0.9, 0.99)),
         ),
         OptimizerSpec(
             ADOPT, "adam",
             "Taniguchi et al. 2024, ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal Rate",
-            "https://arxiv.org/abs/2411.02853", "adopt",
+            "https://arxiv.org/abs/2411.02853",
             {"learning_rate": 0.01},
             ({"clip_exponent": None},),
             search_space=(_lr(), _BETA_1),
@@ -244,7 +240,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             AdEMAMix, "adam",
             "Pagliardini et al. 2024, The AdEMAMix Optimizer: Better, Faster, Older",
-            "https://arxiv.org/abs/2409.03137", "ademamix",
+            "https://arxiv.org/abs/2409.03137",
             {"learning_rate": 0.005, "alpha_warmup_steps": 200, "beta_3_warmup_steps": 200},
             ({"alpha_warmup_steps": 10, "beta_3_warmup_steps": 20},),
             search_space=(_lr(), _linear("alpha", 1.0, 10.0)),
@@ -252,21 +248,21 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             QHAdam, "adam",
             "Ma and Yarats 2019, Quasi-hyperbolic momentum and Adam for deep learning",
-            "https://arxiv.org/abs/1810.06801", "qhadam",
+            "https://arxiv.org/abs/1810.06801",
             {"learning_rate": 0.01},
             search_space=(_lr(), _linear("nu_1", 0.5, 1.0)),
         ),
         OptimizerSpec(
             QHM, "momentum",
             "Ma and Yarats 2019, Quasi-hyperbolic momentum and Adam for deep learning",
-            "https://arxiv.org/abs/1810.06801", "qhm",
+            "https://arxiv.org/abs/1810.06801",
             {"learning_rate": 0.5, "momentum": 0.9},
             search_space=(_lr(1e-3, 1.0), _linear("nu", 0.5, 1.0)),
         ),
         OptimizerSpec(
             AggMo, "momentum",
             "Lucas et al. 2019, Aggregated Momentum: Stability Through Passive Damping",
-            "https://arxiv.org/abs/1804.00325", "aggmo",
+            "https://arxiv.org/abs/1804.00325",
             {"learning_rate": 0.05},
             ({"betas": (0.5, 0.75)},),
             search_space=(_lr(1e-3, 1.0),),
@@ -274,7 +270,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             LaProp, "adam",
             "Ziyin, Wang and Ueda 2020, LaProp: Separating Momentum and Adaptivity in Adam",
-            "https://arxiv.org/abs/2002.04839", "laprop",
+            "https://arxiv.org/abs/2002.04839",
             {"learning_rate": 0.01},
             search_space=(_lr(), _BETA_1),
         ),
@@ -282,7 +278,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             MADGRAD, "dual-averaging",
             "Defazio and Jelassi 2021, Adaptivity without Compromise: A Momentumized, Adaptive, "
             "Dual Averaged Gradient Method for Stochastic Optimization",
-            "https://arxiv.org/abs/2101.11075", "madgrad",
+            "https://arxiv.org/abs/2101.11075",
             {"learning_rate": 0.01},
             search_space=(_lr(1e-3, 1e-1), _linear("momentum", 0.5, 0.99)),
         ),
@@ -291,7 +287,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "Gupta, Koren and Singer 2018, Shampoo: Preconditioned Stochastic Tensor Optimization "
             "(with grafting, blocking and root refresh of Anil et al. 2020, Scalable Second Order "
             "Optimization for Deep Learning)",
-            "https://arxiv.org/abs/1802.09568", "shampoo",
+            "https://arxiv.org/abs/1802.09568",
             # Roots from step 2, refreshed every 5 steps: the save/load check
             # (saved after step 5) resumes with stored roots. matrix_epsilon 0.01:
             # with 1e-3 an inverse root amplifies the float32 rounding of a gradient
@@ -311,7 +307,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             SOAP, "preconditioned",
             "Vyas et al. 2024, SOAP: Improving and Stabilizing Shampoo using Adam",
-            "https://arxiv.org/abs/2409.11321", "soap",
+            "https://arxiv.org/abs/2409.11321",
             # Bases refreshed every 2 steps: the save/load check (saved after
             # step 5) resumes with stored bases and refreshes them at step 6.
             # matrix_epsilon 0.1 (default 1e-3) bounds how much the power
@@ -330,23 +326,18 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             AdaHessian, "hessian",
             "Yao et al. 2021, ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning",
-            "https://arxiv.org/abs/2006.00719", "adahessian",
+            "https://arxiv.org/abs/2006.00719",
             # epsilon 0.01 (default 1e-4): where the Hessian diagonal is ~0 (digits'
             # blank pixels) the step is g / epsilon, which amplified float32 rounding
             # to 2e-3 between XLA and graph runs after 16 steps; 7 % of the bound now.
             {"learning_rate": 0.15, "epsilon": 0.01},
-            exclusions=closure_exclusions(
-                "tests/test_adahessian.py checks model.fit steps against tests/references/adahessian.py "
-                "(with decoupled weight decay, a learning-rate schedule and clipnorm), the Hutchinson "
-                "estimator and both Hessian-vector-product modes on Embedding (densified) gradients"
-            ),
             search_space=(_lr(1e-2, 1.0),),
         ),
         OptimizerSpec(
             Sophia, "hessian",
             "Liu et al. 2023, Sophia: A Scalable Stochastic Second-order Optimizer for Language "
             "Model Pre-training",
-            "https://arxiv.org/abs/2305.14342", "sophia",
+            "https://arxiv.org/abs/2305.14342",
             # Hutchinson: its probe vectors depend on the seed and step only, so the
             # 2-device and 2-worker checks hold however the batch is split (the
             # Gauss-Newton-Bartlett labels match one device only for contiguous,
@@ -356,41 +347,22 @@ REGISTRY: dict[str, OptimizerSpec] = {
             # resumes with stored h and seed state and refreshes at step 7.
             {"learning_rate": 0.01, "rho": 1.0, "estimator": "hutchinson",
              "hessian_update_interval": 2, "seed": 0},
-            exclusions=closure_exclusions(
-                "tests/test_sophia.py checks model.fit steps of both estimators against "
-                "tests/references/sophia.py (decoupled weight decay, a learning-rate schedule, "
-                "clipnorm, refresh every k steps, both clip branches) and the estimators' "
-                "expectations; Embedding gradients are densified (dense state, as AdaHessian)"
-            ),
             search_space=(_lr(1e-5, 1e-2), Searchable("rho", 0.01, 1.0)),
         ),
         OptimizerSpec(
             LBFGS, "quasi-newton",
             "Liu and Nocedal 1989, On the limited memory BFGS method for large scale optimization "
             "(strong-Wolfe line search of Nocedal and Wright, Numerical Optimization, Alg. 3.5/3.6)",
-            "https://doi.org/10.1007/BF01589116", "lbfgs",
+            "https://doi.org/10.1007/BF01589116",
             # Full-batch method; 4 evaluations bound the unrolled line search
             # under MirroredStrategy (every evaluation runs there).
             {"history_size": 4, "max_evaluations": 4},
-            exclusions=closure_exclusions(
-                "sparse gradients raise ValueError (a full-batch method); tests/test_lbfgs.py checks "
-                "the iterations against tests/references/lbfgs.py, the strong-Wolfe conditions, "
-                "learning-rate schedules and the convex optimum of scipy's L-BFGS-B through model.fit"
-            ),
             search_space=(Searchable("history_size", 3, 20, "linear", integer=True),),
-        ),
-        OptimizerSpec(
-            Ranger, "adam",
-            "Wright 2019, Ranger (RAdam + Lookahead + gradient centralization)",
-            "https://github.com/lessw2020/Ranger-Deep-Learning-Optimizer", "ranger",
-            {"learning_rate": 0.01},
-            ({"sync_period": 4, "slow_step_size": 0.75, "beta_1": 0.9},),
-            search_space=(_lr(), _linear("slow_step_size", 0.3, 0.8)),
         ),
         OptimizerSpec(
             Signum, "sign",
             "Bernstein et al. 2018, signSGD: Compressed Optimisation for Non-Convex Problems",
-            "https://arxiv.org/abs/1802.04434", "signum",
+            "https://arxiv.org/abs/1802.04434",
             {"learning_rate": 0.002},
             ({"momentum": 0.0},),
             search_space=(_lr(1e-5, 1e-2), _linear("momentum", 0.0, 0.99)),
@@ -398,7 +370,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             LARS, "layer-wise",
             "You, Gitman and Ginsburg 2017, Large Batch Training of Convolutional Networks",
-            "https://arxiv.org/abs/1708.03888", "lars",
+            "https://arxiv.org/abs/1708.03888",
             {"learning_rate": 5.0},
             ({"weight_decay": 2.0**-4}, {"momentum": 0.5, "trust_coefficient": 2.0**-3}),
             search_space=(_lr(0.1, 10.0), Searchable("trust_coefficient", 1e-4, 1e-2)),
@@ -407,7 +379,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             NovoGrad, "layer-wise",
             "Ginsburg et al. 2019, Stochastic Gradient Methods with Layer-wise Adaptive Moments "
             "for Training of Deep Networks",
-            "https://arxiv.org/abs/1905.11286", "novograd",
+            "https://arxiv.org/abs/1905.11286",
             {"learning_rate": 0.01},
             ({"grad_averaging": True}, {"weight_decay": 2.0**-4, "beta_1": 0.875, "beta_2": 0.9375}),
             search_space=(_lr(1e-3, 1e-1), _BETA_1),
@@ -415,7 +387,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             COCOB, "learning-rate-free",
             "Orabona and Tommasi 2017, Training Deep Networks without Learning Rates Through Coin Betting",
-            "https://arxiv.org/abs/1705.07795", "cocob",
+            "https://arxiv.org/abs/1705.07795",
             {"learning_rate": 1.0},
             ({"alpha": 8.0},),
             search_space=(Searchable("alpha", 10.0, 1000.0),),
@@ -423,7 +395,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             Prodigy, "learning-rate-free",
             "Mishchenko and Defazio 2023, Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
-            "https://arxiv.org/abs/2306.06101", "prodigy",
+            "https://arxiv.org/abs/2306.06101",
             {"learning_rate": 1.0},
             ({"d0": 2.0**-10, "growth_rate": 2.0, "beta_3": 0.875},
              {"use_bias_correction": True, "safeguard_warmup": True, "d_coef": 4.0, "d0": 2.0**-10},
@@ -433,7 +405,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             DAdaptAdam, "learning-rate-free",
             "Defazio and Mishchenko 2023, Learning-Rate-Free Learning by D-Adaptation",
-            "https://arxiv.org/abs/2301.07733", "dadapt_adam",
+            "https://arxiv.org/abs/2301.07733",
             # D-Adaptation's estimate overshoots to an Adam step of ~0.12 on
             # digits; halving it keeps float32 runs reproducible across devices.
             {"learning_rate": 0.5},
@@ -444,7 +416,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             ScheduleFreeSGD, "schedule-free",
             "Defazio et al. 2024, The Road Less Scheduled",
-            "https://arxiv.org/abs/2405.15682", "schedule_free_sgd",
+            "https://arxiv.org/abs/2405.15682",
             {"learning_rate": 0.5},
             ({"momentum": 0.5, "warmup_steps": 5, "weight_lr_power": 1.0},
              {"weight_decay": 2.0**-4}),
@@ -453,7 +425,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             ScheduleFreeAdamW, "schedule-free",
             "Defazio et al. 2024, The Road Less Scheduled",
-            "https://arxiv.org/abs/2405.15682", "schedule_free_adamw",
+            "https://arxiv.org/abs/2405.15682",
             {"learning_rate": 0.01},
             ({"warmup_steps": 5}, {"weight_decay": 2.0**-4, "warmup_steps": 3, "weight_lr_power": 1.0}),
             search_space=(_lr(), _BETA_1),
@@ -462,13 +434,13 @@ REGISTRY: dict[str, OptimizerSpec] = {
             ScheduleFreeRAdam, "schedule-free",
             "Defazio et al. 2024, The Road Less Scheduled (with RAdam's rectification, "
             "Liu et al. 2019)",
-            "https://arxiv.org/abs/2405.15682", "schedule_free_radam",
+            "https://arxiv.org/abs/2405.15682",
             {"learning_rate": 0.01},
             ({"silent_sgd_phase": False}, {"weight_decay": 2.0**-4, "sma_threshold": 5.0}),
             search_space=(_lr(), _BETA_1),
         ),
     ]
-}
+} | COMPOSITIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,32 +451,20 @@ class WrapperSpec(NamedByClass):
         cls: the wrapper class (first constructor argument: ``inner``).
         paper: citation of the method.
         url: where to read it.
-        reference: module name of the NumPy reference in ``tests/references``.
         example: wrapper arguments that make its effect visible within a few
             dozen steps (tests and docs use them).
         variants: further argument sets covering documented options.
-        exclusions: contract checks that do not apply, with the reason and the
-            test covering the behaviour instead (as in :class:`OptimizerSpec`).
     """
 
     cls: type
     paper: str
     url: str
-    reference: str
     example: dict[str, Any] = dataclasses.field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] = ()
-    exclusions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def wrap(self, inner: Any, **overrides: Any) -> keras.optimizers.Optimizer:
         """A new wrapper around ``inner`` with the ``example`` arguments and ``overrides``."""
         return self.cls(inner, **{**self.example, **overrides})
-
-
-_CLOSURE_EXCLUSIONS = closure_exclusions(
-    "the update rule, learning rate, fit/train_on_batch, sample weights, sparse gradients, "
-    "mixed precision and MirroredStrategy are tested through the closure train step in "
-    "tests/test_closure_and_sam.py"
-)
 
 
 WRAPPERS: dict[str, WrapperSpec] = {
@@ -513,36 +473,33 @@ WRAPPERS: dict[str, WrapperSpec] = {
         WrapperSpec(
             Lookahead,
             "Zhang et al. 2019, Lookahead Optimizer: k steps forward, 1 step back",
-            "https://arxiv.org/abs/1907.08610", "lookahead",
+            "https://arxiv.org/abs/1907.08610",
             {},
             ({"sync_period": 4, "slow_step_size": 0.75},),
         ),
         WrapperSpec(
             SAM,
             "Foret et al. 2021, Sharpness-Aware Minimization for Efficiently Improving Generalization",
-            "https://arxiv.org/abs/2010.01412", "sam",
+            "https://arxiv.org/abs/2010.01412",
             {"rho": 0.05},
-            exclusions=_CLOSURE_EXCLUSIONS,
         ),
         WrapperSpec(
             ASAM,
             "Kwon et al. 2021, ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant "
             "Learning of Deep Neural Networks",
-            "https://arxiv.org/abs/2102.11600", "sam",
+            "https://arxiv.org/abs/2102.11600",
             {"rho": 0.5, "eta": 0.01},
-            exclusions=_CLOSURE_EXCLUSIONS,
         ),
         WrapperSpec(
             GSAM,
             "Zhuang et al. 2022, Surrogate Gap Guided Sharpness-Aware Minimization",
-            "https://arxiv.org/abs/2203.08065", "sam",
+            "https://arxiv.org/abs/2203.08065",
             {"rho": 0.05, "alpha": 0.1},
-            exclusions=_CLOSURE_EXCLUSIONS,
         ),
         WrapperSpec(
             SWA,
             "Izmailov et al. 2018, Averaging Weights Leads to Wider Optima and Better Generalization",
-            "https://arxiv.org/abs/1803.05407", "swa",
+            "https://arxiv.org/abs/1803.05407",
             {"start_step": 10, "average_period": 3},
             (
                 {"start_step": 5, "average_period": 4, "swa_learning_rate": 2.0**-6,
@@ -553,27 +510,27 @@ WRAPPERS: dict[str, WrapperSpec] = {
         WrapperSpec(
             ExponentialMovingAverage,
             "Polyak and Juditsky 1992, Acceleration of Stochastic Approximation by Averaging",
-            "https://doi.org/10.1137/0330046", "ema",
+            "https://doi.org/10.1137/0330046",
             {"decay": 0.75},
             ({"decay": 0.9375, "dynamic_decay": True},),
         ),
         WrapperSpec(
             GradientAccumulation,
             "Gradient accumulation: the mean gradient of several micro-batches per update",
-            "https://arxiv.org/abs/1706.02677", "gradient_accumulation",
+            "https://arxiv.org/abs/1706.02677",
             {"steps": 3},
             ({"steps": 1},),
         ),
         WrapperSpec(
             SkipNonFinite,
             "Skip steps with non-finite gradients (as dynamic loss scaling does)",
-            "https://arxiv.org/abs/1710.03740", "skip_non_finite",
+            "https://arxiv.org/abs/1710.03740",
         ),
         WrapperSpec(
             Chain,
             "Gradient centralization (Yong et al. 2020), adaptive gradient clipping "
             "(Brock et al. 2021) and global-norm clipping, chained",
-            "https://arxiv.org/abs/2102.06171", "chain",
+            "https://arxiv.org/abs/2102.06171",
             # Transformations are stateless, so chains may share these instances.
             {"transforms": [GradientCentralization(), AGC(clip_factor=0.05), ClipByGlobalNorm(1.0)]},
         ),

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend.tensorflow.optimizer import TFOptimizer
 
+from keras_optsuite._upstream import TFOptimizer
 from keras_optsuite._validation import check_non_negative, check_positive
-from keras_optsuite.optimizers._base import dense_gradient, snapshot
+from keras_optsuite.optimizers._base import assign_cast, dense_gradient, snapshot
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, deduplicate
 from keras_optsuite.optimizers.closure import (
     PendingClosure,
@@ -31,10 +31,6 @@ _TINY = 1e-12
 
 def _add(variable: Any, delta: Any) -> None:
     variable.assign_add(ops.cast(delta, variable.dtype))
-
-
-def _assign(variable: Any, value: Any) -> None:
-    variable.assign(ops.cast(value, variable.dtype))
 
 
 def _all_finite(tensors: list) -> Any:
@@ -92,7 +88,7 @@ class SharpnessAware(OptimizerWrapper):
         pairs = TFOptimizer._all_reduce_sum_gradients(
             self, [(adversarial[i], variables[i]) for i in present]
         )
-        self._update_each(_assign, variables_p, per_variable=(weights,))
+        self._update_each(assign_cast, variables_p, per_variable=(weights,))
 
         adversarial_dense = [ops.cast(dense_gradient(g), dtype) for g, _ in pairs]
         direction = self._direction(dense, adversarial_dense, [g for g, _ in pairs])

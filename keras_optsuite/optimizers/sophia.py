@@ -16,7 +16,7 @@ from keras_optsuite._validation import (
     check_positive_int,
     check_seed,
 )
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, dense_gradient, snapshot
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, assign_cast, dense_gradient, snapshot
 from keras_optsuite.optimizers.closure import (
     ClosureRequiredError,
     PendingClosure,
@@ -63,10 +63,6 @@ def _sum_over_replicas(tensors: list) -> list:
     if context is None:
         return tensors
     return list(context.all_reduce(tf.distribute.ReduceOp.SUM, tensors))
-
-
-def _assign(target: Any, value: Any) -> None:
-    target.assign(ops.cast(value, target.dtype))
 
 
 def output_distribution(loss: Any) -> tuple[str, bool]:
@@ -278,7 +274,7 @@ class Sophia(OptsuiteOptimizer):
             targets_i, values_i = self._new_values(gradient, h_hat, variable, learning_rate, refresh)
             targets.extend(targets_i)
             values.extend(values_i)
-        self._update_each(_assign, targets, per_variable=(values,))
+        self._update_each(assign_cast, targets, per_variable=(values,))
 
     def _new_values(self, gradient: Any, h_hat: Any, variable: Any, learning_rate: Any, refresh: Any):
         dtype = variable.dtype

@@ -7,7 +7,8 @@ that :func:`set_learning_rate` changes, so ``ReduceLROnPlateau`` can lower a
 scheduled learning rate (see ``keras_optsuite.callbacks.ReduceLROnPlateau``).
 """
 
-from keras_optsuite.schedules._base import ScaledSchedule, set_learning_rate
+from keras_optsuite._learning_rate import set_learning_rate
+from keras_optsuite.schedules._base import ScaledSchedule
 from keras_optsuite.schedules.cyclical import CyclicalLearningRate
 from keras_optsuite.schedules.inverse_sqrt import InverseSqrtDecay
 from keras_optsuite.schedules.linear_warmup import LinearWarmup

@@ -10,20 +10,20 @@ through the optimizer's ``learning_rate`` setter) can rescale a running
 schedule. ``get_config`` holds the current ``scale``, so ``.keras`` files
 keep a reduction.
 
-This module must not import ``keras_optsuite.optimizers`` at import time:
-the optimizers import it for their ``learning_rate`` setter.
+:func:`set_learning_rate` lives in ``keras_optsuite._learning_rate``, which
+depends on neither the schedules nor the optimizers.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import keras
 from keras import ops
 
 from keras_optsuite._config import own_config
+from keras_optsuite._learning_rate import RescalableSchedule
 from keras_optsuite._validation import check_non_negative
 
 ANNEALING_SHAPES = ("linear", "cosine", "1-sqrt")
@@ -130,54 +130,5 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return schedule
 
 
-# -- setting a learning rate ------------------------------------------------------
-def _inner_optimizer(optimizer: Any) -> Any:
-    """The optimizer whose learning rate ``optimizer`` reports, if it delegates."""
-    # Imported here: the optimizers import this module for their setter.
-    from keras_optsuite.optimizers._wrapper import OptimizerWrapper
-
-    if isinstance(optimizer, OptimizerWrapper):
-        return optimizer.inner
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer.inner_optimizer
-    return None
-
-
-def set_learning_rate(optimizer: keras.optimizers.Optimizer, learning_rate: Any) -> None:
-    """Set ``optimizer``'s learning rate, also when it follows a keras-optsuite schedule.
-
-    If the optimizer (or the optimizer inside a keras-optsuite wrapper or a
-    ``LossScaleOptimizer``) follows a :class:`ScaledSchedule` and
-    ``learning_rate`` is a number, the schedule's ``scale`` changes so that
-    its current value (at the optimizer's ``iterations``) becomes
-    ``learning_rate``: every later value is multiplied by
-    ``learning_rate / current``. The schedule keeps its shape; a floor such
-    as ``ReduceLROnPlateau``'s ``min_lr`` applies to the value now, not to
-    later ones. Anything else goes to Keras's own setter (a schedule replaces
-    the current one; a float is assigned; a float on an optimizer with any
-    other schedule raises Keras's ``TypeError``).
-
-    keras-optsuite optimizers and wrappers call this from their
-    ``learning_rate`` setter, so ``keras.callbacks.ReduceLROnPlateau`` works
-    with them; ``keras_optsuite.callbacks.ReduceLROnPlateau`` calls it for
-    built-in Keras optimizers, whose setter cannot be changed.
-
-    Example:
-    >>> optimizer = keras.optimizers.Adam(OneCycle(1e-2, total_steps=1000))
-    >>> set_learning_rate(optimizer, 0.5 * float(optimizer.learning_rate))  # halve from now on
-    """
-    inner = _inner_optimizer(optimizer)
-    if inner is not None:
-        set_learning_rate(inner, learning_rate)
-        return
-    schedule = getattr(optimizer, "_learning_rate", None)
-    is_number = isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool)
-    if isinstance(schedule, ScaledSchedule) and is_number:
-        # The getter evaluates the schedule where the optimizer does (Keras
-        # passes its raw step counter), and is what ReduceLROnPlateau read.
-        current = float(ops.convert_to_numpy(optimizer.learning_rate))
-        schedule.rescale(float(learning_rate), current)
-    elif isinstance(optimizer, keras.optimizers.MultiOptimizer):
-        optimizer.learning_rate = learning_rate  # Keras's own error: set sub-optimizers
-    else:
-        keras.optimizers.Optimizer.learning_rate.fset(optimizer, learning_rate)
+# set_learning_rate (keras_optsuite._learning_rate) treats these schedules as rescalable.
+RescalableSchedule.register(ScaledSchedule)

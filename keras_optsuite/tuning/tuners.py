@@ -432,7 +432,7 @@ class _TrackedTuner:
     def _log_hyperparameters(self, run_id: str, hp: Any) -> None:
         from mlflow.entities import Param
 
-        from keras_optsuite.callbacks._journal import is_pending_run_id
+        from keras_optsuite.callbacks._records import is_pending_run_id
 
         if is_pending_run_id(run_id):
             return
