@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 install: $(STAMP)
 
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/optsuite compare pipelines/configs/demo.toml
 
-test: $(STAMP)
+# ruff and mypy (configured in pyproject.toml) before the suite: an unclean tree fails the build.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check keras_optsuite callbacks pipelines
+	.ci/typecheck
+
+test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)

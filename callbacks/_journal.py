@@ -190,11 +190,10 @@ class Journal:
             (json.dumps({"time": now, "error": message, "record": record}, allow_nan=True) + "\n")
             for record, message in rejected
         ]
-        with self._locked():
-            with open(self.rejected_path, "a", encoding="utf-8") as handle:
-                handle.writelines(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with self._locked(), open(self.rejected_path, "a", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
         for record, message in rejected:
             _logger.warning(
                 "MLflow rejected a %s record for run %s; kept in %s: %s",
@@ -332,7 +331,13 @@ class Journal:
                 records = [record for record, _ in readable]
                 progress = {"handled": 0}
 
-                def on_progress(handled: int, rejected: list[tuple[dict, str]]) -> None:
+                # Called by send_in_order below, within this iteration: the defaults bind
+                # this iteration's progress, identity and readable records.
+                def on_progress(
+                    handled: int, rejected: list[tuple[dict, str]],
+                    progress: dict[str, int] = progress, identity: tuple[int, str] = identity,
+                    readable: list[tuple[dict, int]] = readable,
+                ) -> None:
                     nonlocal sent
                     self._reject(rejected)  # before the cursor moves past them
                     sent += handled - progress["handled"] - len(rejected)

@@ -45,7 +45,7 @@ def _metrics_at_step(client: Any, run_id: str, model_id: str, step: int) -> list
     """The run's metrics logged at ``step``, attributed to ``model_id`` (what ``Model.log`` links)."""
     from mlflow.entities import Metric
 
-    linked = []
+    linked: list[Any] = []
     for key in client.get_run(run_id).data.metrics:
         linked.extend(
             Metric(key=m.key, value=m.value, timestamp=m.timestamp, step=m.step, run_id=run_id, model_id=model_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from keras_optsuite.callbacks._durable import FileLock, fsync_directory
 from keras_optsuite.callbacks._records import is_pending_run_id
 
+
 class PendingRuns:
     """Which real run each pending run id became: a JSON object ``{pending: real}`` in ``path``.
 

@@ -113,7 +113,7 @@ def check_record(record: Any) -> dict:
                 "experiment must be a non-empty string (or None for a child run, which goes to its "
                 f"parent's experiment), got experiment={experiment!r}"
             )
-        normalized = {
+        created = {
             "kind": kind,
             "run_id": run_id,
             "experiment": experiment,
@@ -122,8 +122,8 @@ def check_record(record: Any) -> dict:
             "start_time": _check_milliseconds("start_time", record.get("start_time")),
         }
         if parent is not None:
-            normalized["parent_run_id"] = parent
-        return normalized
+            created["parent_run_id"] = parent
+        return created
     if kind == "artifacts":
         directory = record.get("directory")
         if not isinstance(directory, str) or not os.path.isabs(directory):

@@ -21,6 +21,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from keras_optsuite._validation import check_non_negative, check_positive
 from keras_optsuite.callbacks._journal import Journal
 from keras_optsuite.callbacks._records import (
     PENDING_RUN_PREFIX,
@@ -36,8 +37,6 @@ from keras_optsuite.callbacks._requests import (
 )
 from keras_optsuite.callbacks._sending import send_in_order
 from keras_optsuite.callbacks._store import fail_fast_http
-
-from keras_optsuite._validation import check_non_negative, check_positive
 
 _logger = logging.getLogger(__name__)
 
@@ -312,7 +311,9 @@ class Sink:
     def _enqueue_mapping(self, kind: str, run_id: str, mapping: dict, limit: int) -> None:
         run_id = check_run_id(run_id)
         items = list(check_string_mapping(kind, mapping).items())
-        chunks, chunk, size = [], {}, 0
+        chunks: list[dict[str, str]] = []
+        chunk: dict[str, str] = {}
+        size = 0
         for key, value in items:
             item_size = len(key) + len(value) + 20
             if chunk and (len(chunk) >= limit or size + item_size > MAX_BATCH_TEXT_BYTES):

@@ -262,7 +262,7 @@ def _install_fail_fast_hook() -> None:
                         kwargs[name] = value
             return original(host_creds, endpoint, method, *args, **kwargs)
 
-        http_request.__wrapped_by_keras_optsuite__ = True
+        http_request.__wrapped_by_keras_optsuite__ = True  # type: ignore[attr-defined]  # a marker
         rest_utils.http_request = http_request
         from mlflow.store.artifact import http_artifact_repo
 

@@ -141,8 +141,8 @@ def compare_runs(
     """
     import pandas
 
-    metric_keys = _check_keys("metrics", metrics, allow_none=True, allow_empty=True)
-    param_keys = _check_keys("params", params, allow_none=True, allow_empty=True)
+    metric_keys: Sequence[str] | None = _check_keys("metrics", metrics, allow_none=True, allow_empty=True)
+    param_keys: Sequence[str] | None = _check_keys("params", params, allow_none=True, allow_empty=True)
     if order_by is not None and (not isinstance(order_by, str) or not order_by):
         raise ValueError(f"order_by must be a column name or None, got order_by={order_by!r}")
     check_bool("ascending", ascending)

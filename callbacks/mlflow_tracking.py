@@ -13,7 +13,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import keras
 import numpy as np
@@ -235,9 +235,9 @@ class MLflowTracking(keras.callbacks.Callback):
         self._last_steps: dict[str, int] = {}
         self._resumes = 0
         self._best_step = 0
-        self._gradient_norm = None
+        self._gradient_norm: Any = None
         self._iterations_at_batch_end: int | None = None
-        self._client = None
+        self._client: Any = None
         self._sink: Sink | None = None
         self._active = False
         self._ended = False
@@ -263,7 +263,7 @@ class MLflowTracking(keras.callbacks.Callback):
     def __enter__(self) -> MLflowTracking:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc_type is None or not self._active:
             return False
         if issubclass(exc_type, KeyboardInterrupt):
@@ -531,11 +531,11 @@ class MLflowTracking(keras.callbacks.Callback):
     def _log_input(self) -> None:
         if self.training_data is None:
             return
-        import mlflow
+        from mlflow.data.numpy_dataset import from_numpy
         from mlflow.entities import DatasetInput, InputTag
 
         x, y = self.training_data if isinstance(self.training_data, tuple) else (self.training_data, None)
-        dataset = mlflow.data.from_numpy(np.asarray(x), targets=None if y is None else np.asarray(y), name="training")
+        dataset = from_numpy(np.asarray(x), targets=None if y is None else np.asarray(y), name="training")
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
         self._sink.log_inputs(self._run_id, [entity])
 

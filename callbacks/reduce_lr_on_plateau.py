@@ -10,6 +10,7 @@ import numpy as np
 from keras_optsuite._upstream import io_utils
 from keras_optsuite.schedules import set_learning_rate
 
+
 # keras_optsuite._upstream checks on import that _reduce_optimizer_lr still exists.
 class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     """``keras.callbacks.ReduceLROnPlateau`` that also works under a schedule.

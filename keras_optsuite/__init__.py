@@ -9,8 +9,8 @@ and ``keras.models.load_model`` of a model using them work after
 says which of these patches of Keras are active, and why the others are not.
 """
 
-from keras_optsuite._version import __version__
 from keras_optsuite import distribute, layers, optimizers, regularizers, schedules
 from keras_optsuite._upstream import diagnose
+from keras_optsuite._version import __version__
 
 __all__ = ["__version__", "diagnose", "distribute", "layers", "optimizers", "regularizers", "schedules"]

@@ -26,7 +26,7 @@ REGULARIZERS_HEADING = "Regularizers"
 def render(sections: tuple[Section, ...]) -> str:
     """The listing: each heading, then its rows indented."""
     width = max(len(name) for _, rows in sections for name, _ in rows) + 2
-    lines = []
+    lines: list[str] = []
     for heading, rows in sections:
         lines.append(f"{heading}:" if not lines else f"\n{heading}:")
         lines.extend(f"  {name:<{width}}{description}" for name, description in rows)

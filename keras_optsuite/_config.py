@@ -13,7 +13,7 @@ from typing import Any
 import keras
 
 
-def own_arg_names(cls: type, skip: frozenset[str] = frozenset({"self", "kwargs"})) -> list[str]:
+def own_arg_names(cls: type[Any], skip: frozenset[str] = frozenset({"self", "kwargs"})) -> list[str]:
     """Constructor arguments of ``cls`` other than those in ``skip``."""
     params = inspect.signature(cls.__init__).parameters
     return [p for p in params if p not in skip]

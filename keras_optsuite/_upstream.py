@@ -40,8 +40,8 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.utils import io_utils
 
 __all__ = [
-    "APPLIED", "PRIVATE_HOOKS", "AutocastScope", "TFOptimizer", "UpstreamPatch", "apply_patch", "base_optimizer_keyword_args",
-    "data_adapter_utils", "diagnose", "io_utils", "keras_version",
+    "APPLIED", "PRIVATE_HOOKS", "AutocastScope", "TFOptimizer", "UpstreamPatch", "apply_patch",
+    "base_optimizer_keyword_args", "data_adapter_utils", "diagnose", "io_utils", "keras_version",
     "listen_to_gradient_sum", "loss_module", "restore_patch", "serialization_lib",
     "stateless_scope", "take_over_gradient_sum", "tensorflow_trainer", "tree",
 ]
@@ -189,7 +189,7 @@ def apply_patch(patch: UpstreamPatch, versions: tuple[tuple[int, ...], tuple[int
     owner = patch.owner()
     original = getattr(owner, patch.attribute)
     replacement = patch.make(original)
-    replacement.__wrapped__ = original
+    replacement.__wrapped__ = original  # type: ignore[attr-defined]  # functions take attributes
     replacement.__doc__ = replacement.__doc__ or f"keras_optsuite patch {patch.name!r}: {patch.purpose}"
     setattr(owner, patch.attribute, replacement)
     _originals[patch.name] = (owner, patch.attribute, original)

@@ -89,7 +89,8 @@ def _cmd_tracking_replay(args: argparse.Namespace) -> int:
         elif result.sent or result.remaining:
             print(f"{result.journal}: sent {result.sent} records to {result.tracking_uri}; {result.remaining} remain")
         if result.rejected:
-            print(f"{result.journal}: {result.rejected} records refused by the store, kept in {result.journal}.rejected")
+            print(f"{result.journal}: {result.rejected} records refused by the store, "
+                  f"kept in {result.journal}.rejected")
     if not waiting:
         print(f"every journal is replayed ({len(results)} checked)")
     return 1 if waiting else 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -25,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
-
-import fcntl
 
 import keras
 
@@ -62,7 +61,7 @@ class PipelineLock:
             return {}
         return holder if isinstance(holder, dict) else {}
 
-    def __enter__(self) -> "PipelineLock":
+    def __enter__(self) -> PipelineLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

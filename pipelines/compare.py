@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import math
 import re
@@ -49,8 +48,8 @@ import numpy as np
 
 from keras_optsuite.pipelines._common import (
     OUTPUT_ROOT,
-    Context,
     Contestant,
+    Context,
     Curve,
     context,
     evaluate,
@@ -137,7 +136,7 @@ def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent
         test = evaluate(network, data.x_test, data.y_test, training["batch_size"]) if len(data.x_test) else {}
         step = curve.rows[-1]["step"] if curve.rows else 0
         now = int(time.time() * 1000)
-        client.log_batch(tracking.run_id, metrics=[Metric(f"test_{k}", v, now, step) for k, v in test.items()])
+        client.log_batch(tracking.run_id, metrics=[Metric(f"test_{k}", v, now, int(step)) for k, v in test.items()])
         results.append({"seed": seed, "run_id": tracking.run_id, "curve": curve.rows, "test": test})
         state.save(partial={**state.state.get("partial", {}), contestant.label: results})
     return results

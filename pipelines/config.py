@@ -22,9 +22,10 @@ import copy
 import dataclasses
 import difflib
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+import tomllib
 
 __all__ = ["ConfigError", "SCHEMA", "load_config", "parse_config", "describe_schema"]
 

@@ -15,6 +15,7 @@ candidate's model version as tags (``keras_optsuite.promote.*``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Mapping, TextIO
@@ -42,7 +43,8 @@ def _candidate(client: Any, experiment_id: str) -> tuple[str, str, str]:
             continue
         run = runs[0]
         if tag is not None and run.data.tags.get(tag):
-            return run.data.tags[tag], run.data.tags["keras_optsuite.winner_run_id"], f"winner of bake-off {run.info.run_id}"
+            winner = run.data.tags["keras_optsuite.winner_run_id"]
+            return run.data.tags[tag], winner, f"winner of bake-off {run.info.run_id}"
         outputs = run.outputs.model_outputs if run.outputs else []
         for output in outputs:
             if client.get_logged_model(output.model_id).name == "final":
@@ -79,10 +81,8 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
         say(f"[promote {ctx.name}] evaluating the candidate ({what}) on the held-out split", quiet)
         candidate_score = score(model_id)
         champion = None
-        try:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
             champion = client.get_model_version_by_alias(name, alias)
-        except mlflow.exceptions.MlflowException:
-            pass
         champion_score = None
         if champion is not None:
             say(f"[promote {ctx.name}] evaluating the champion ({name} version {champion.version})", quiet)

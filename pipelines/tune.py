@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import keras
 
-from keras_optsuite.pipelines._common import OUTPUT_ROOT, Context, Contestant, context, parse_contestant
+from keras_optsuite.pipelines._common import OUTPUT_ROOT, Contestant, Context, context, parse_contestant
 from keras_optsuite.pipelines._unattended import PipelineLock, Progress, Slot, say
 from keras_optsuite.tuning import OptimizerHyperModel
 

@@ -59,7 +59,7 @@ from typing import Any, Callable
 import keras
 
 from keras_optsuite import _upstream
-from keras_optsuite._upstream import APPLIED, UpstreamPatch, keras_version
+from keras_optsuite._upstream import UpstreamPatch, keras_version
 
 #: ``[first, last)`` Keras versions the fix is for: the failure is reported
 #: since Keras 3.0 / TensorFlow 2.16 (tensorflow/tensorflow#72388,

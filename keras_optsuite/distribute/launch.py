@@ -9,6 +9,7 @@ This module does not import TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -366,10 +367,8 @@ def _copy_lines(pipe: IO[bytes], prefix: str, write: Callable[[str], None]) -> N
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     if process.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _install_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:

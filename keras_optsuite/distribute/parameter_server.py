@@ -77,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
 # Optimizers this module built, with the ids of the shards they were built for.
-_built_for: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+_built_for: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
 
 
 def serve_if_worker_or_ps(protocol: str = "grpc") -> None:
@@ -198,7 +198,7 @@ class ShardedEmbedding(keras.layers.Embedding):
 
 def train_with_parameter_servers(
     model: keras.Model,
-    dataset_fn: Callable[["tf.distribute.InputContext"], "tf.data.Dataset"],
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
     steps: int,
     *,
     wait_each_step: bool = False,
@@ -258,7 +258,9 @@ def train_with_parameter_servers(
     steps = check_positive_int("steps", steps)
     wait_each_step = check_bool("wait_each_step", wait_each_step)
     if not callable(dataset_fn):
-        raise ValueError(f"dataset_fn must be a callable (input_context -> tf.data.Dataset), got dataset_fn={dataset_fn!r}")
+        raise ValueError(
+            f"dataset_fn must be a callable (input_context -> tf.data.Dataset), got dataset_fn={dataset_fn!r}"
+        )
     _check_no_closure(getattr(model, "optimizer", None))
     strategy = model.distribute_strategy
     if not isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):

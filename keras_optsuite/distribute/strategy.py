@@ -80,7 +80,9 @@ def choose_strategy_kind(
     if cluster:
         summary = _describe_cluster(cluster)
         if cluster.get("ps"):
-            return StrategyChoice("parameter_server", f"{source} describes a cluster with parameter servers ({summary})")
+            return StrategyChoice(
+                "parameter_server", f"{source} describes a cluster with parameter servers ({summary})"
+            )
         training_tasks = sum(len(cluster.get(role, ())) for role in _TRAINING_TASK_TYPES)
         if training_tasks > 1:
             return StrategyChoice("multi_worker", f"{source} describes {training_tasks} training tasks ({summary})")
@@ -105,7 +107,7 @@ def get_strategy(
     variable_partitioner: Callable[..., Any] | None = None,
     cluster_resolver: Any = None,
     cross_device_ops: Any = None,
-) -> "tf.distribute.Strategy":
+) -> tf.distribute.Strategy:
     """Build a ``tf.distribute`` strategy: the one the environment calls for, or ``kind``.
 
     Kinds:
@@ -190,7 +192,7 @@ def get_strategy(
         raise ValueError(
             f"cluster_resolver does not apply to kind={kind!r}{why}; got cluster_resolver={cluster_resolver!r}"
         )
-    builders = {
+    builders: dict[str, Callable[..., Any]] = {
         "default": _default,
         "mirrored": _mirrored,
         "multi_worker": _multi_worker,
@@ -208,7 +210,7 @@ def get_strategy(
 # ---------------------------------------------------------------------------
 # One builder per kind
 # ---------------------------------------------------------------------------
-def _default(devices: list[str] | None, **_: Any) -> "tf.distribute.Strategy":
+def _default(devices: list[str] | None, **_: Any) -> tf.distribute.Strategy:
     import tensorflow as tf
 
     if devices is None:
@@ -221,7 +223,7 @@ def _default(devices: list[str] | None, **_: Any) -> "tf.distribute.Strategy":
     return tf.distribute.OneDeviceStrategy(devices[0])
 
 
-def _mirrored(devices: list[str] | None, cross_device_ops: Any, **_: Any) -> "tf.distribute.Strategy":
+def _mirrored(devices: list[str] | None, cross_device_ops: Any, **_: Any) -> tf.distribute.Strategy:
     import tensorflow as tf
 
     if devices is None:
@@ -231,7 +233,7 @@ def _mirrored(devices: list[str] | None, cross_device_ops: Any, **_: Any) -> "tf
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
 
 
-def _multi_worker(cluster_resolver: Any, **_: Any) -> "tf.distribute.Strategy":
+def _multi_worker(cluster_resolver: Any, **_: Any) -> tf.distribute.Strategy:
     import tensorflow as tf
 
     # The model.fit fix for Keras 3 is already applied: importing this module
@@ -251,7 +253,7 @@ def _multi_worker(cluster_resolver: Any, **_: Any) -> "tf.distribute.Strategy":
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver)
 
 
-def _parameter_server(cluster_resolver: Any, variable_partitioner: Any, **_: Any) -> "tf.distribute.Strategy":
+def _parameter_server(cluster_resolver: Any, variable_partitioner: Any, **_: Any) -> tf.distribute.Strategy:
     import tensorflow as tf
 
     cluster, source = _cluster(cluster_resolver)
@@ -279,7 +281,7 @@ def _parameter_server(cluster_resolver: Any, variable_partitioner: Any, **_: Any
     )
 
 
-def _tpu(cluster_resolver: Any, **_: Any) -> "tf.distribute.Strategy":
+def _tpu(cluster_resolver: Any, **_: Any) -> tf.distribute.Strategy:
     import tensorflow as tf
 
     if cluster_resolver is None:

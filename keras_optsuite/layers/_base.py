@@ -31,6 +31,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 from keras import ops
+
 from keras_optsuite._upstream import AutocastScope, stateless_scope
 from keras_optsuite._validation import check_fraction
 

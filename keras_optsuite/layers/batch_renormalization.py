@@ -20,7 +20,9 @@ PAPER_R_MAX = {"start_value": 1.0, "end_value": 3.0, "start_step": 5_000, "end_s
 PAPER_D_MAX = {"start_value": 0.0, "end_value": 5.0, "start_step": 5_000, "end_step": 25_000}
 
 
-def _check_bound(name: str, value: Any, low: float, paper: dict[str, Any]) -> float | Schedule:
+def _check_bound(
+    name: str, value: Any, low: float, paper: dict[str, Any]
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A clipping bound: a number >= ``low``, a schedule, or None for the paper's ramp."""
     if value is None:
         return Ramp(**paper)
@@ -130,8 +132,8 @@ class BatchRenormalization(ReplicaMeanStatistics, keras.layers.BatchNormalizatio
 
     def __init__(
         self,
-        r_max: float | Schedule | None = None,
-        d_max: float | Schedule | None = None,
+        r_max: float | keras.optimizers.schedules.LearningRateSchedule | None = None,
+        d_max: float | keras.optimizers.schedules.LearningRateSchedule | None = None,
         axis: int = -1,
         momentum: float = 0.99,
         epsilon: float = 1e-3,
@@ -173,7 +175,7 @@ class BatchRenormalization(ReplicaMeanStatistics, keras.layers.BatchNormalizatio
         )
         self.r_max = r_max
         self.d_max = d_max
-        self.iterations = None
+        self.iterations: Any = None
 
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
@@ -186,7 +188,9 @@ class BatchRenormalization(ReplicaMeanStatistics, keras.layers.BatchNormalizatio
             name="iterations",
         )
 
-    def _bound(self, bound: float | Schedule, step: Any, floor: float, dtype: Any) -> Any:
+    def _bound(
+        self, bound: float | keras.optimizers.schedules.LearningRateSchedule, step: Any, floor: float, dtype: Any
+    ) -> Any:
         value = bound(step) if isinstance(bound, Schedule) else bound
         return ops.maximum(ops.cast(value, dtype), floor)
 

@@ -12,8 +12,8 @@ from keras_optsuite._validation import (
     check_bool,
     check_choice,
     check_drop_rate,
-    check_seed,
     check_positive_int,
+    check_seed,
 )
 from keras_optsuite.layers._base import add_rate_weight, is_training, random_uniform, rate_property
 

@@ -90,6 +90,7 @@ def rates(model: keras.Model) -> dict[str, float]:
     found = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):
         spec = LAYERS.get(type(layer).__name__)
+        name = layer.name
         if spec is not None and spec.cls is type(layer) and spec.rate_attribute:
-            found[f"{layer.name}.{spec.rate_attribute}"] = float(getattr(layer, spec.rate_attribute))
+            found[f"{name}.{spec.rate_attribute}"] = float(getattr(layer, spec.rate_attribute))
     return found

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
+
 from keras_optsuite._config import own_config
 from keras_optsuite._upstream import AutocastScope
 from keras_optsuite._validation import check_bool

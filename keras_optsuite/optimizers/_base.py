@@ -120,7 +120,7 @@ class SlotState:
             slots = self.add_optimizer_variables(
                 var_list, names, [self._slot_initializer(n) for n in names]
             )
-        self._slots = dict(zip(names, slots))
+        self._slots: dict[str, Any] = dict(zip(names, slots))
 
     def _slot(self, slot_name: str, variable: Any) -> Any:
         return self._slots[slot_name][self._get_variable_index(variable)]
@@ -272,7 +272,7 @@ class LearningRateFree:
     def __init__(self, learning_rate: Any = 1.0, **kwargs: Any) -> None:
         if (
             isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool)
-            and 0 <= learning_rate < self.SMALL_LEARNING_RATE
+            and 0 <= float(learning_rate) < self.SMALL_LEARNING_RATE
         ):
             name = type(self).__name__
             warnings.warn(
@@ -283,7 +283,8 @@ class LearningRateFree:
                 UserWarning,
                 stacklevel=3,  # the line that constructed the optimizer
             )
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        # A mixin: super() is the optimizer class it is mixed into.
+        super().__init__(learning_rate=learning_rate, **kwargs)  # type: ignore[call-arg]
 
     @property
     def estimated_step_size(self) -> float:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 import keras
 import tensorflow as tf
 from keras import ops
+
 from keras_optsuite._config import own_arg_names, own_config
 from keras_optsuite._learning_rate import LearningRateDelegate, set_learning_rate
 from keras_optsuite._upstream import serialization_lib, take_over_gradient_sum
@@ -234,7 +235,7 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
                 pairs = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
                 grads = [g for g, _ in pairs]
             grads = [deduplicate(g) for g in grads]
-            self._apply_summed(grads, trainable_variables)
+            self._apply_summed(grads, list(trainable_variables))
         self._iterations.assign_add(1)
 
     def _apply_summed(self, grads: list, variables: list) -> None:

@@ -140,6 +140,7 @@ class AdaHessian(CrossVariableOptimizer):
     >>> model.fit(x, y)
     """
 
+    built: bool  # set by keras.optimizers.Optimizer
     needs_closure: ClassVar[bool] = True
     needs_hessian_vector_product: ClassVar[bool] = True
 

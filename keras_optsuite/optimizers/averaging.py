@@ -8,8 +8,8 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_bool, check_decay_rate, check_positive, check_positive_int
-from keras_optsuite.optimizers._evaluation_weights import SwappedEvaluationWeights
 from keras_optsuite.optimizers._base import snapshot
+from keras_optsuite.optimizers._evaluation_weights import SwappedEvaluationWeights
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, applied_updates
 
 

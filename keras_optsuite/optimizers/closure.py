@@ -113,7 +113,7 @@ def needs_closure(optimizer: Any) -> bool:
     )
 
 
-def pending_closure(optimizer: Any) -> "PendingClosure":
+def pending_closure(optimizer: Any) -> PendingClosure:
     """This replica's closure for ``optimizer``'s current ``apply``.
 
     Raises:
@@ -320,7 +320,7 @@ def replica_id() -> int:
     return 0 if value is None else int(value)
 
 
-def _forward(model: keras.Model, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
+def _forward(model: keras.Model, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any]:
     if model._call_has_training_arg:
         y_pred = model(x, training=True)
     else:
@@ -358,7 +358,7 @@ def closure_train_step(model: keras.Model, data: Any) -> dict[str, Any]:
         scaled_loss = optimizer.scale_loss(loss)
     variables = model.trainable_weights
     if not variables:
-        warnings.warn("The model does not have any trainable weights.")
+        warnings.warn("The model does not have any trainable weights.", stacklevel=2)
         return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     grads = tape.gradient(scaled_loss, variables)
     loss_scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None

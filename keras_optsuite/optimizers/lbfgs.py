@@ -272,7 +272,7 @@ class LBFGS(OptsuiteOptimizer):
             values = [tf.reshape(p, v.shape) for p, v in zip(pieces, variables)]
             self._update_each(assign_cast, variables, per_variable=(values,))
 
-        def evaluate(given: tuple[list, Any] | None = None) -> tuple[Any, Any]:
+        def evaluate(given: tuple[list, Any] | None = None) -> tuple[Any, Any, Any]:
             gradients, loss = pending.closure() if given is None else given
             for gradient, variable in zip(gradients, variables):
                 if isinstance(gradient, tf.IndexedSlices):

@@ -11,7 +11,6 @@ from keras_optsuite._validation import check_decay_rate, check_fraction, check_n
 from keras_optsuite.optimizers._base import OptsuiteOptimizer, power
 
 
-
 @keras.saving.register_keras_serializable(package="keras_optsuite")
 class QHM(OptsuiteOptimizer):
     """Quasi-hyperbolic momentum (QHM).

@@ -24,44 +24,44 @@ import keras
 
 from keras_optsuite._config import NamedByClass
 from keras_optsuite.optimizers.adabelief import AdaBelief
+from keras_optsuite.optimizers.adahessian import AdaHessian
 from keras_optsuite.optimizers.adan import Adan
 from keras_optsuite.optimizers.ademamix import AdEMAMix
 from keras_optsuite.optimizers.adopt import ADOPT
 from keras_optsuite.optimizers.aggmo import AggMo
-from keras_optsuite.optimizers.cocob import COCOB
-from keras_optsuite.optimizers.laprop import LaProp
-from keras_optsuite.optimizers.lars import LARS
-from keras_optsuite.optimizers.lazy_adam import LazyAdam
-from keras_optsuite.optimizers.madgrad import MADGRAD
-from keras_optsuite.optimizers.shampoo import Shampoo
-from keras_optsuite.optimizers.soap import SOAP
-from keras_optsuite.optimizers.adahessian import AdaHessian
-from keras_optsuite.optimizers.sophia import Sophia
-from keras_optsuite.optimizers.lbfgs import LBFGS
-from keras_optsuite.optimizers.novograd import NovoGrad
-from keras_optsuite.optimizers.qhadam import QHM, QHAdam
 from keras_optsuite.optimizers.averaging import SWA, ExponentialMovingAverage
 from keras_optsuite.optimizers.chain import Chain
+from keras_optsuite.optimizers.cocob import COCOB
+from keras_optsuite.optimizers.dadapt_adam import DAdaptAdam
 from keras_optsuite.optimizers.gradient_accumulation import GradientAccumulation
 from keras_optsuite.optimizers.gradient_transforms import (
     AGC,
     ClipByGlobalNorm,
     GradientCentralization,
 )
+from keras_optsuite.optimizers.laprop import LaProp
+from keras_optsuite.optimizers.lars import LARS
+from keras_optsuite.optimizers.lazy_adam import LazyAdam
+from keras_optsuite.optimizers.lbfgs import LBFGS
 from keras_optsuite.optimizers.lookahead import Lookahead
-from keras_optsuite.optimizers.radam import RAdam
-from keras_optsuite.optimizers.sam import ASAM, GSAM, SAM
-from keras_optsuite.optimizers.ranger import Ranger
-from keras_optsuite.optimizers.skip_non_finite import SkipNonFinite
-from keras_optsuite.optimizers.signum import Signum
-from keras_optsuite.optimizers.yogi import Yogi
-from keras_optsuite.optimizers.dadapt_adam import DAdaptAdam
+from keras_optsuite.optimizers.madgrad import MADGRAD
+from keras_optsuite.optimizers.novograd import NovoGrad
 from keras_optsuite.optimizers.prodigy import Prodigy
+from keras_optsuite.optimizers.qhadam import QHM, QHAdam
+from keras_optsuite.optimizers.radam import RAdam
+from keras_optsuite.optimizers.ranger import Ranger
+from keras_optsuite.optimizers.sam import ASAM, GSAM, SAM
 from keras_optsuite.optimizers.schedule_free import (
     ScheduleFreeAdamW,
     ScheduleFreeRAdam,
     ScheduleFreeSGD,
 )
+from keras_optsuite.optimizers.shampoo import Shampoo
+from keras_optsuite.optimizers.signum import Signum
+from keras_optsuite.optimizers.skip_non_finite import SkipNonFinite
+from keras_optsuite.optimizers.soap import SOAP
+from keras_optsuite.optimizers.sophia import Sophia
+from keras_optsuite.optimizers.yogi import Yogi
 
 SCALES = ("log", "linear")
 
@@ -141,7 +141,7 @@ class OptimizerSpec(NamedByClass):
             learning rate.
     """
 
-    cls: type
+    cls: type[Any]
     family: str
     paper: str
     url: str
@@ -456,7 +456,7 @@ class WrapperSpec(NamedByClass):
         variants: further argument sets covering documented options.
     """
 
-    cls: type
+    cls: type[Any]
     paper: str
     url: str
     example: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -8,7 +8,7 @@ is imported (:mod:`keras_optsuite.optimizers.closure`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import keras
 import tensorflow as tf
@@ -68,7 +68,7 @@ class SharpnessAware(OptimizerWrapper):
         """
         apply_with_closure(self, grads, trainable_variables, closure)
 
-    def apply(self, grads: list, trainable_variables: list | None = None) -> None:
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
         pending_closure(self)
         super().apply(grads, trainable_variables)
 

@@ -124,7 +124,7 @@ class _Layout:
         self.chunks = [
             _chunks(d, block_size) if a in self.axes else [d] for a, d in enumerate(shape)
         ]
-        grid = [[]]
+        grid: list[list[Any]] = [[]]
         for sizes in self.chunks:
             grid = [g + [s] for g in grid for s in sizes]
         self.block_shapes = [tuple(g) for g in grid]

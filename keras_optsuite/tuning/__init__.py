@@ -11,7 +11,6 @@
 
 from keras_optsuite.tuning.hypermodel import OptimizerHyperModel
 from keras_optsuite.tuning.pruning import MedianPruning
-from keras_optsuite.tuning.tuners import BayesianOptimization, GridSearch, Hyperband, RandomSearch
 from keras_optsuite.tuning.space import (
     BUILTINS,
     FAMILIES,
@@ -20,6 +19,7 @@ from keras_optsuite.tuning.space import (
     optimizer_space,
     regularization_space,
 )
+from keras_optsuite.tuning.tuners import BayesianOptimization, GridSearch, Hyperband, RandomSearch
 
 __all__ = [
     "BayesianOptimization",

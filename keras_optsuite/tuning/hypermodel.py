@@ -9,7 +9,7 @@ import keras_tuner
 
 from keras_optsuite.optimizers import closure
 from keras_optsuite.optimizers._evaluation_weights import evaluation_weight_optimizers
-from keras_optsuite.tuning.space import get_family, optimizer_space, validate_space, OPTIMIZER
+from keras_optsuite.tuning.space import OPTIMIZER, get_family, optimizer_space, validate_space
 
 
 class OptimizerHyperModel(keras_tuner.HyperModel):

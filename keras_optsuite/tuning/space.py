@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 import keras
 
 from keras_optsuite.optimizers.registry import (
+    _BETA_1,
     REGISTRY,
     Searchable,
-    _BETA_1,
     _linear,
     _lr,
 )
@@ -200,12 +200,12 @@ def validate_space(
                 f"wrappers offers SAM, which cannot wrap the closure optimizers {closure}: "
                 "leave SAM out or those optimizers out"
             )
-    if any(schedule != "constant" for schedule in schedules):
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(
-                f"schedules other than 'constant' need total_steps >= 1 (the optimizer steps of a "
-                f"trial), got total_steps={total_steps!r}"
-            )
+    total_steps_valid = isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1
+    if any(schedule != "constant" for schedule in schedules) and not total_steps_valid:
+        raise ValueError(
+            f"schedules other than 'constant' need total_steps >= 1 (the optimizer steps of a "
+            f"trial), got total_steps={total_steps!r}"
+        )
     return families
 
 

@@ -211,7 +211,7 @@ class _TrackedTuner:
         self._chains: dict[str, str] = {}  # Hyperband trial id -> the first trial of its chain
         self._pruning = pruning  # also here: a distributed worker's oracle is a gRPC client
         self._parent_open = False
-        self._client = None
+        self._client: Any = None
         self._uri: str | None = None
         self._experiment_id: str | None = None
 
@@ -262,8 +262,8 @@ class _TrackedTuner:
         from concurrent import futures
 
         import grpc
-        from keras_tuner.src.distribute import oracle_chief
         from keras_tuner.src import protos
+        from keras_tuner.src.distribute import oracle_chief
 
         self.save()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
@@ -478,7 +478,8 @@ class _TrackedTuner:
             if ended.score is not None:
                 tags.append(RunTag(TAG + "trial_score", repr(float(ended.score))))
             if trial_id in self._pruned_at:
-                tags += [RunTag(TAG + "pruned", "true"), RunTag(TAG + "pruned_at_epoch", str(self._pruned_at[trial_id]))]
+                tags += [RunTag(TAG + "pruned", "true"),
+                         RunTag(TAG + "pruned_at_epoch", str(self._pruned_at[trial_id]))]
             client.log_batch(run_id, tags=tags)
         now = int(1000 * time.time())
         step = int(trial_id) if trial_id.isdigit() else len(self.child_runs)
@@ -529,8 +530,8 @@ class _TrackedTuner:
                 "run_id": self.child_runs.get(trial_id),
                 **{f"hp.{k}": v for k, v in _active_values(trial.hyperparameters).items()},
             })
-        with tempfile.TemporaryDirectory(prefix="optsuite-tuning-") as directory:
-            directory = Path(directory)
+        with tempfile.TemporaryDirectory(prefix="optsuite-tuning-") as scratch:
+            directory = Path(scratch)
             _report.write_results(rows, directory / "results.csv")
             scores = [(int(r["trial_id"]) if r["trial_id"].isdigit() else i, r["score"])
                       for i, r in enumerate(rows) if r["status"] == "COMPLETED"]
