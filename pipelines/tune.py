@@ -94,8 +94,8 @@ def run_search(ctx: Context, section: Mapping[str, Any], contestants: Sequence[C
     ``resume`` keeps what an interrupted search left in ``directory``.
     """
     model = SeededHyperModel(ctx, contestants, seed)
-    settings = dict(trials=trials, epochs=epochs, directory=directory, project=project, run_name=run_name,
-                    seed=seed)
+    settings: dict[str, Any] = dict(trials=trials, epochs=epochs, directory=directory, project=project,
+                                    run_name=run_name, seed=seed)
     if workers:
         _search_on_workers(ctx, section, contestants, workers, parent_run_id, resume, quiet, settings)
         with contextlib.redirect_stdout(sys.stderr if not quiet else io.StringIO()):  # "Reloading Tuner from"
@@ -133,18 +133,20 @@ def _search_on_workers(ctx: Context, section: Mapping[str, Any], contestants: Se
     log_path = project_dir / "search.log"
     ours = f"[{settings['run_name']}] "
 
-    class _Output:
+    class _Output(io.StringIO):
         """Every process's prefixed output into ``search.log``; this package's progress lines on stderr too."""
 
         def __init__(self, log: TextIO) -> None:
+            super().__init__()
             self.log = log
 
-        def write(self, text: str) -> None:
+        def write(self, text: str) -> int:
             self.log.write(text)
             for line in text.splitlines():
                 lines.append(line)
                 if not quiet and line.partition("] ")[2].startswith(ours):
                     print(line, file=sys.stderr, flush=True)
+            return len(text)
 
         def flush(self) -> None:
             self.log.flush()
