@@ -152,6 +152,8 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
     return the variable's change from ``_step``.
     """
 
+    whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
+
     # Factor variable name -> attribute holding the per-variable lists.
     _factor_attributes: dict[str, str] = {}
     block_size: int
