@@ -96,6 +96,19 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_paper_exact(source: str, given: dict[str, Any], exact: dict[str, Any],
+                      defaults: dict[str, Any] | None = None) -> None:
+    """Under ``paper_exact=True``: each argument in ``given`` must be its value in
+    ``source`` (``exact``) or its constructor default (``defaults``), which the mode replaces."""
+    for argument, value in given.items():
+        allowed = [exact[argument]] + ([] if defaults is None else [defaults[argument]])
+        if not any(value is choice or value == choice for choice in allowed):
+            raise ValueError(
+                f"paper_exact=True sets {argument}={exact[argument]!r} ({source}), "
+                f"got {argument}={value!r}"
+            )
+
+
 def check_growth_rate(name: str, value: Any) -> float:
     """A per-step growth factor: ``value >= 1``, ``math.inf`` for unlimited."""
     if _is_real(value) and value == math.inf:

@@ -3,7 +3,8 @@
 One slow test module fixture launches a real cluster on 127.0.0.1: 1 chief,
 2 workers and 2 parameter servers (tests/workers/parameter_server_training.py);
 the checks compare its results with the same model trained by Keras's own
-``fit`` in this process. The fast tests cover argument errors and the
+``fit`` in this process, for Keras's Adam and for a set of this package's
+optimizers and wrappers (one launch: the job trains them one after another). The fast tests cover argument errors and the
 layer without a cluster.
 """
 
@@ -48,7 +49,9 @@ def cluster_run(tmp_path_factory):
 
 
 def _weights(saved, prefix):
-    return [saved[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix + "_") for k in saved))]
+    """The arrays saved as ``{prefix}_0``, ``{prefix}_1``... in order."""
+    count = sum(key.startswith(prefix + "_") and key[len(prefix) + 1:].isdigit() for key in saved)
+    return [saved[f"{prefix}_{i}"] for i in range(count)]
 
 
 @pytest.mark.slow
@@ -102,6 +105,57 @@ def test_sequential_steps_on_the_cluster_equal_keras_fit_in_one_process(cluster_
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"weight {index}")
     assert max(np.abs(a - b).max() for a, b in zip(got, initial)) > 0.1  # training moved the weights
     assert report["sequential_iterations"] == job.SEQUENTIAL_STEPS
+
+
+METHODS = ["RAdam", "Adan", "Signum", "ScheduleFreeAdamW", "Prodigy", "Lookahead(Adam)",
+           "ExponentialMovingAverage(Adam)", "GradientAccumulation(Adam)", "Chain(Adam)"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", METHODS)
+def test_this_packages_optimizers_and_wrappers_train_on_the_cluster_as_keras_fit_does(cluster_run, name):
+    """Phase 1 again for each method (``job.methods()``): a fresh model from the
+    same initial weights, full-batch steps one at a time on the cluster, against
+    Keras's ``fit`` in this process with the same optimizer. The optimizer sees
+    each embedding table as two shards, on two parameter servers: elementwise
+    steps, sums over all variables (Prodigy's estimate, the chain's global norm)
+    and the wrappers' own state must not notice. Same tolerances as the Adam
+    check (float32; sums over shards may add in another order); the averaging
+    wrapper's averages are compared too, shards put back together.
+    """
+    from workers import parameter_server_training as job
+
+    assert METHODS == list(job.methods())
+    report, saved = cluster_run["report"], cluster_run["saved"]
+    x, y = job.data()
+    initial = _weights(saved, "initial")
+    reference = job.build_model(job.methods()[name]())
+    reference.set_weights(initial)
+    history = reference.fit(x, y, batch_size=job.EXAMPLES, epochs=job.METHOD_STEPS, shuffle=False, verbose=0)
+    np.testing.assert_allclose(report["methods"][name], history.history["loss"], rtol=1e-5)
+    got = _weights(saved, name)
+    assert len(got) == len(reference.get_weights()) == 4
+    for index, (a, b) in enumerate(zip(got, reference.get_weights(), strict=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name}: weight {index}")
+    assert max(np.abs(a - b).max() for a, b in zip(got, initial)) > 1e-3, "training moved the weights"
+    averaged = getattr(reference.optimizer, "averaged_variables", None)
+    if averaged is not None:
+        for index, (a, b) in enumerate(zip(_weights(saved, f"{name}_averaged"), averaged, strict=True)):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{name}: average {index}")
+
+
+@pytest.mark.slow
+def test_a_method_with_per_variable_statistics_is_refused_on_sharded_variables(cluster_run):
+    """Shampoo's Kronecker factors of a shard are not those of the table: a clear
+    error, before any step, naming the method and the sharded variables."""
+    assert cluster_run["report"]["whole_variable_error"] == (
+        "ValueError: train_with_parameter_servers cannot run Shampoo ('shampoo') on sharded variables "
+        "(keras_embedding/embeddings, sharded_embedding/embeddings): its step uses statistics of each whole "
+        "variable (a matrix factor, a layer norm or a mean over the variable's axes), and the optimizer is "
+        "handed each shard as a variable of its own, so it would step differently from the unsharded model. "
+        "Use a variable_partitioner that leaves these variables whole, or an optimizer that acts on each "
+        "coordinate or on sums over all variables."
+    )
 
 
 @pytest.mark.slow
@@ -177,6 +231,30 @@ def test_train_with_parameter_servers_rejects_optimizers_that_need_a_closure(nam
     model.compile(optimizer, "mse")
     with pytest.raises(ValueError, match=r"cannot run \w+ .*needs a closure"):
         train_with_parameter_servers(model, lambda context: None, steps=1)
+
+
+def test_the_methods_refused_on_sharded_variables_are_those_with_per_variable_statistics():
+    """Found through wrappers and chains; elementwise methods and global sums pass."""
+    import keras
+
+    from keras_optsuite.distribute.parameter_server import _whole_variable_methods
+    from keras_optsuite.optimizers import (
+        AGC, LARS, SOAP, Chain, ClipByGlobalNorm, GradientCentralization, Lookahead, NovoGrad, Prodigy, RAdam,
+        Ranger, Shampoo,
+    )
+
+    refused = {
+        "Shampoo": Shampoo(), "SOAP": SOAP(), "LARS": LARS(), "NovoGrad": NovoGrad(),
+        "Adafactor": keras.optimizers.Adafactor(), "Lamb": keras.optimizers.Lamb(), "Muon": keras.optimizers.Muon(),
+        "GradientCentralization": Ranger(),
+        "AGC": Lookahead(Chain("adam", [ClipByGlobalNorm(1.0), AGC()])),
+        "GradientCentralization, Shampoo": Lookahead(Chain(Shampoo(), [GradientCentralization()])),
+    }
+    for expected, optimizer in refused.items():
+        assert ", ".join(_whole_variable_methods(optimizer)) == expected
+    for optimizer in (keras.optimizers.Adam(), RAdam(), Prodigy(), Lookahead(RAdam()),
+                      Chain("adam", [ClipByGlobalNorm(1.0)])):
+        assert _whole_variable_methods(optimizer) == []
 
 
 def test_serve_returns_at_once_unless_this_task_is_a_worker_or_ps_of_a_ps_cluster(monkeypatch):

@@ -37,6 +37,13 @@ What does not work, and why:
   'handle'"). And an optimizer built for the Keras variables (as ``fit``
   builds it) creates unsharded slots, each as large as the whole table.
 
+- Optimizers whose step uses statistics of each whole variable (Shampoo,
+  SOAP, LARS, NovoGrad, Lamb, Adafactor, Muon, gradient centralization, AGC)
+  on sharded variables: the optimizer is handed the shards, so it would
+  compute those statistics per shard. :func:`train_with_parameter_servers`
+  refuses them there with a ``ValueError`` (elementwise methods and sums over
+  all variables, e.g. Prodigy's estimate or a global-norm clip, are exact).
+
 What we offer instead: :func:`train_with_parameter_servers`, a custom
 training loop on ``ClusterCoordinator`` that differentiates with respect to
 the shards and gives them to the model's own optimizer, plus
@@ -212,8 +219,11 @@ def train_with_parameter_servers(
     ``strategy.distribute_datasets_from_function``); each step takes one
     batch from the worker that runs it, computes the compiled loss (with
     the model's regularization losses) and applies the model's optimizer to
-    the variables, shard by shard for sharded ones. Calling it again
-    continues training with the same optimizer state.
+    the variables, shard by shard for sharded ones. At the end, as ``fit``
+    does, it calls the optimizer's ``finalize_variable_values``: weight
+    averaging (``ExponentialMovingAverage``, ``SWA``) and schedule-free
+    methods leave their ``final_weights`` in the model. Calling it again
+    continues training with the same optimizer state (as a second ``fit``).
 
     Args:
         model: A Keras model compiled with an optimizer and a loss, built
@@ -232,9 +242,12 @@ def train_with_parameter_servers(
     Raises:
         ValueError: The model was not created under a
             ``ParameterServerStrategy``, is not compiled, or its optimizer was
-            created outside the scope, already built for other variables, or
+            created outside the scope, already built for other variables,
             needs a closure (SAM, ASAM, GSAM, AdaHessian, Sophia, LBFGS, or a
-            wrapper around one).
+            wrapper around one), or uses statistics of each whole variable
+            (Shampoo, SOAP, LARS, NovoGrad, Lamb, Adafactor, Muon, or a chain
+            with GradientCentralization or AGC, Ranger too) while some
+            variable is sharded.
 
     Example::
 
@@ -281,6 +294,7 @@ def train_with_parameter_servers(
             "create it (or call model.compile) inside `with strategy.scope():`"
         )
     sources = _gradient_sources(model.trainable_variables)
+    _check_elementwise_on_shards(optimizer, model.trainable_variables, sources)
     _build_optimizer(optimizer, sources, strategy)
 
     coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
@@ -309,6 +323,8 @@ def train_with_parameter_servers(
         if wait_each_step:
             coordinator.join()
     coordinator.join()
+    # As fit ends: weight averaging and schedule-free methods leave their final_weights.
+    optimizer.finalize_variable_values(sources)
     return [float(result.fetch()) for result in results]
 
 
@@ -327,6 +343,46 @@ def _check_no_closure(optimizer: Any) -> None:
             "it needs a closure (the loss and gradients again on the same batch), and each "
             "parameter-server step hands the optimizer gradients only. Use an optimizer that "
             "steps on gradients alone."
+        )
+
+
+def _whole_variable_methods(optimizer: Any) -> list[str]:
+    """The methods inside ``optimizer`` whose step uses statistics of each whole
+    variable: Kronecker factors (Shampoo, SOAP), layer-wise norms (LARS,
+    NovoGrad, Keras's Lamb), factored moments (Keras's Adafactor), Keras's
+    Muon orthogonalization, and the gradient transformations that reduce over a
+    variable's axes (GradientCentralization, AGC, also inside Ranger)."""
+    from keras_optsuite.optimizers._wrapper import iter_optimizers
+
+    keras_per_tensor = (keras.optimizers.Adafactor, keras.optimizers.Lamb, keras.optimizers.Muon)
+    names = []
+    for nested in iter_optimizers(optimizer):
+        if getattr(nested, "whole_variable_statistics", False) or isinstance(nested, keras_per_tensor):
+            names.append(type(nested).__name__)
+        names += [type(t).__name__ for t in getattr(nested, "transforms", ())
+                  if getattr(t, "whole_variable_statistics", False)]
+    return list(dict.fromkeys(names))
+
+
+def _check_elementwise_on_shards(optimizer: Any, variables: list[Any], sources: list[Any]) -> None:
+    """Reject a method with per-variable statistics when some variable is sharded.
+
+    The optimizer is handed each shard as a variable of its own, so such a
+    method would compute its statistics per shard (row block) and step
+    differently from the same model unsharded.
+    """
+    if len(sources) == len(variables):
+        return
+    methods = _whole_variable_methods(optimizer)
+    if methods:
+        sharded = [v.path for v in variables if len(variable_shards(v)) > 1]
+        raise ValueError(
+            f"train_with_parameter_servers cannot run {', '.join(methods)} ({optimizer.name!r}) on sharded "
+            f"variables ({', '.join(sharded)}): its step uses statistics of each whole variable "
+            "(a matrix factor, a layer norm or a mean over the variable's axes), and the optimizer is handed "
+            "each shard as a variable of its own, so it would step differently from the unsharded model. "
+            "Use a variable_partitioner that leaves these variables whole, or an optimizer that acts on "
+            "each coordinate or on sums over all variables."
         )
 
 

@@ -13,10 +13,13 @@ from keras_optsuite._validation import (
     check_decay_rate,
     check_growth_rate,
     check_non_negative,
+    check_paper_exact,
     check_positive,
 )
 from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction
 
+# What DAdaptAdam(paper_exact=True) requires: the paper's algorithm has neither option.
+_PAPER_EXACT = {"growth_rate": math.inf, "use_bias_correction": False}
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
 class DAdaptAdam(DistanceEstimate):
@@ -42,6 +45,21 @@ class DAdaptAdam(DistanceEstimate):
     While every gradient is zero (``sum |s| = 0``) ``d`` stays; the authors'
     code then skips the step.
 
+    Deviations from the paper's Adam D-Adaptation algorithm (arXiv
+    2301.07733 v5, the ICML version), all the authors' code's (version 3):
+
+    - The inner product ``<g, s>`` is weighted by ``1 / (sqrt(v) + epsilon)``
+      with ``v`` before this step's update; the paper weights it by
+      ``A_{k+1}^{-1}``, ``A_{k+1} = diag(sqrt(v_new) + epsilon)``, the same
+      denominator the step divides by.
+    - While ``sum |s| = 0`` the paper's ``d_hat`` is ``0 / 0``; here ``d`` stays.
+    - ``growth_rate``, ``use_bias_correction`` and weight decay are the
+      code's additions; their defaults are the paper's algorithm (the paper
+      has no weight decay).
+
+    ``paper_exact=True`` runs the paper's algorithm as printed (checked
+    against ``tests/references/dadapt_adam_defazio2023.py`` at rtol 1e-9).
+
     Weight decay is decoupled and scaled by ``dlr`` (the authors'
     ``decouple=True``; their default couples it to the gradient). The
     current ``d * learning_rate`` is ``estimated_step_size`` (for logging).
@@ -58,6 +76,12 @@ class DAdaptAdam(DistanceEstimate):
             Defaults to `inf`.
         use_bias_correction: include Adam's bias correction in ``dlr``.
             Defaults to `False`.
+        paper_exact: `True` runs the paper's algorithm as printed:
+            ``r = b r + (1 - b) dlr <g, s / (sqrt(v_new) + epsilon)>`` with
+            ``s`` before and ``v_new`` after this step's update.
+            ``growth_rate`` and ``use_bias_correction`` must keep their
+            defaults (passing others raises ``ValueError``); weight decay
+            (not in the paper) is applied as above. Defaults to `False`.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -75,6 +99,7 @@ class DAdaptAdam(DistanceEstimate):
         d0: float = 1e-6,
         growth_rate: float = math.inf,
         use_bias_correction: bool = False,
+        paper_exact: bool = False,
         name: str = "dadapt_adam",
         **kwargs: Any,
     ) -> None:
@@ -85,6 +110,11 @@ class DAdaptAdam(DistanceEstimate):
         self.d0 = check_positive("d0", d0)
         self.growth_rate = check_growth_rate("growth_rate", growth_rate)
         self.use_bias_correction = check_bool("use_bias_correction", use_bias_correction)
+        self.paper_exact = check_bool("paper_exact", paper_exact)
+        if paper_exact:
+            check_paper_exact("Defazio and Mishchenko 2023",
+                              {"growth_rate": growth_rate, "use_bias_correction": use_bias_correction},
+                              _PAPER_EXACT)
 
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "velocity", "s")
@@ -107,14 +137,15 @@ class DAdaptAdam(DistanceEstimate):
             m_slot, v_slot, s_slot = (
                 self._slot(name, variable) for name in ("momentum", "velocity", "s")
             )
-            # <g, s / (sqrt(v) + epsilon)> needs s and v before this step: the
-            # one pass over the state that Adam does not make.
-            weighted = ops.sum(g * s_slot / (ops.sqrt(v_slot) + self.epsilon))
             step = ops.cast(dlr, dtype)
-            inner += ops.cast(step * weighted, d_value.dtype)
             scaled = g * step
             m = m_slot + (scaled - m_slot) * (1.0 - self.beta_1)
             v = v_slot + (ops.square(g) - v_slot) * (1.0 - self.beta_2)
+            # <g, s / (sqrt(v) + epsilon)> with s before this step and v before
+            # it (the code: the one pass over the state that Adam does not
+            # make) or after it (the paper's A_{k+1}).
+            weighted = ops.sum(g * s_slot / (ops.sqrt(v if self.paper_exact else v_slot) + self.epsilon))
+            inner += ops.cast(step * weighted, d_value.dtype)
             s = s_slot + (scaled - s_slot) * (1.0 - b)
             s_norm += ops.cast(ops.sum(ops.abs(s)), d_value.dtype)
             new_state.append((variable, m, m_slot, v, v_slot, s, s_slot))

@@ -98,6 +98,8 @@ class GradientCentralization(GradientTransformation):
         exclude: regexes of variable paths to leave alone. Defaults to `()`.
     """
 
+    whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
+
     def __init__(self, conv_only: bool = False, exclude: Sequence[str] = ()) -> None:
         super().__init__(exclude)
         self.conv_only = check_bool("conv_only", conv_only)
@@ -134,6 +136,8 @@ class AGC(GradientTransformation):
         exclude: regexes of variable paths to leave alone (e.g.
             ``["predictions/"]`` for the classifier). Defaults to `()`.
     """
+
+    whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
 
     def __init__(
         self, clip_factor: float = 0.01, epsilon: float = 1e-3, exclude: Sequence[str] = ()

@@ -61,6 +61,8 @@ class LARS(OptsuiteOptimizer):
     >>> model.compile(optimizer=keras_optsuite.optimizers.LARS(1.0, weight_decay=5e-4), loss="mse")
     """
 
+    whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
+
     decays_in_update = True
 
     def __init__(

@@ -57,6 +57,8 @@ class NovoGrad(OptsuiteOptimizer):
     >>> model.compile(optimizer=keras_optsuite.optimizers.NovoGrad(0.01), loss="mse")
     """
 
+    whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
+
     decays_in_update = True
 
     def __init__(

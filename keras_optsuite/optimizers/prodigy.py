@@ -13,10 +13,14 @@ from keras_optsuite._validation import (
     check_decay_rate,
     check_growth_rate,
     check_non_negative,
+    check_paper_exact,
     check_positive,
 )
 from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction, choose, compiled_by_xla
 
+# What Prodigy(paper_exact=True) requires: Algorithm 4 has none of these options.
+_PAPER_EXACT = {"beta_3": None, "d_coef": 1.0, "growth_rate": math.inf,
+                "use_bias_correction": False, "safeguard_warmup": False}
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
 class Prodigy(DistanceEstimate):
@@ -43,6 +47,24 @@ class Prodigy(DistanceEstimate):
     ``beta_3`` defaults to ``sqrt(beta_2)``. While every gradient is zero
     (``sum |s| = 0``) ``d`` stays; the authors' code then skips the step.
 
+    Deviations from Algorithm 4 as printed (arXiv v4), all the authors' code's:
+
+    - ``r`` and ``s`` add ``(d / d0) dlr`` times the new term where the paper
+      adds ``(1 - sqrt(beta_2)) lr d^2``: both sums are scaled by the same
+      ``1 / (d0 (1 - sqrt(beta_2)))``, which cancels in ``d_hat`` (the code
+      does it to keep ``s`` away from float underflow); the stored ``r`` and
+      ``s`` differ from the paper's by that factor.
+    - The denominator adds ``d_new epsilon`` (the estimate after this
+      step's update); the paper adds ``d epsilon`` (the estimate the step
+      started with, the one in ``dlr`` and ``m``).
+    - While ``sum |s| = 0`` the paper's ``d_hat`` is ``0 / 0``; here ``d`` stays.
+    - ``beta_3``, ``d_coef``, ``growth_rate``, ``use_bias_correction``,
+      ``safeguard_warmup`` and weight decay are the code's additions; their
+      defaults are the paper's algorithm (the paper has no weight decay).
+
+    ``paper_exact=True`` runs Algorithm 4 as printed (checked against
+    ``tests/references/prodigy_mishchenko2023.py`` at rtol 1e-9).
+
     Weight decay is decoupled and scaled by ``dlr`` (as ``prodigyopt`` with
     ``decouple=True``), not by ``learning_rate`` alone. The estimated step
     size ``d * learning_rate`` is ``estimated_step_size`` (for logging).
@@ -64,6 +86,15 @@ class Prodigy(DistanceEstimate):
             Defaults to `False`.
         safeguard_warmup: leave the learning rate out of ``s`` (for warmup
             schedules). Defaults to `False`.
+        paper_exact: `True` runs Algorithm 4 of the paper as printed:
+            ``r = sqrt(beta_2) r + (1 - sqrt(beta_2)) lr d^2 <g, x0 - x>``,
+            ``s = sqrt(beta_2) s + (1 - sqrt(beta_2)) lr d^2 g``,
+            ``d_new = max(d, r / sum |s|)`` and
+            ``x = x - lr d m / (sqrt(v) + d epsilon)`` with the ``d`` the
+            step started with. ``beta_3``, ``d_coef``, ``growth_rate``,
+            ``use_bias_correction`` and ``safeguard_warmup`` must keep their
+            defaults (passing others raises ``ValueError``); weight decay
+            (not in the paper) is applied as above. Defaults to `False`.
         {{base_optimizer_keyword_args}}
 
     Example:
@@ -85,6 +116,7 @@ class Prodigy(DistanceEstimate):
         growth_rate: float = math.inf,
         use_bias_correction: bool = False,
         safeguard_warmup: bool = False,
+        paper_exact: bool = False,
         name: str = "prodigy",
         **kwargs: Any,
     ) -> None:
@@ -98,6 +130,11 @@ class Prodigy(DistanceEstimate):
         self.growth_rate = check_growth_rate("growth_rate", growth_rate)
         self.use_bias_correction = check_bool("use_bias_correction", use_bias_correction)
         self.safeguard_warmup = check_bool("safeguard_warmup", safeguard_warmup)
+        self.paper_exact = check_bool("paper_exact", paper_exact)
+        if paper_exact:
+            given = {"beta_3": beta_3, "d_coef": d_coef, "growth_rate": growth_rate,
+                     "use_bias_correction": use_bias_correction, "safeguard_warmup": safeguard_warmup}
+            check_paper_exact("Mishchenko and Defazio 2023, Algorithm 4", given, _PAPER_EXACT)
 
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "velocity", "s", "initial_value")
@@ -112,8 +149,10 @@ class Prodigy(DistanceEstimate):
         dlr = d_value * learning_rate * adam_bias_correction(
             self.use_bias_correction, self.beta_1, self.beta_2, t
         )
-        scaled_d = d_value / self.d0
-        s_weight = scaled_d * (d_value if self.safeguard_warmup else dlr)
+        # The weight of this step's terms in r and s: the paper's, or the code's
+        # (the same up to a constant factor, which cancels in d_hat).
+        weight = (1.0 - beta_3) * d_value if self.paper_exact else d_value / self.d0
+        s_weight = weight * (d_value if self.safeguard_warmup else dlr)
         first = self._is_first_step()
         # x0 is written once, at the first step (not copied every step).
         self._update_each(self._capture_initial_value, variables, shared=(first,))
@@ -140,7 +179,7 @@ class Prodigy(DistanceEstimate):
             v = v_slot + (ops.square(scaled) - v_slot) * (1.0 - self.beta_2)
             moments.append((variable, x, s, s_slot, m, m_slot, v, v_slot))
 
-        numerator = beta_3 * self._scalars["numerator"] + scaled_d * dlr * correlation
+        numerator = beta_3 * self._scalars["numerator"] + weight * dlr * correlation
         moved = s_norm > 0.0
         d_hat = self.d_coef * numerator / ops.where(moved, s_norm, 1.0)
         grown = ops.where(ops.equal(d_value, self.d0), ops.maximum(d_value, d_hat), d_value)
@@ -150,12 +189,14 @@ class Prodigy(DistanceEstimate):
         new_d_max = ops.where(moved, new_d_max, d_max)
 
         assignments = [(self._scalars["numerator"], numerator), (d, new_d), (d_max, new_d_max)]
+        # epsilon is scaled by the new estimate in the code, by the step's own in the paper.
+        epsilon_scale = d_value if self.paper_exact else new_d
         for variable, x, s, s_slot, m, m_slot, v, v_slot in moments:
             dtype = variable.dtype
             step = ops.cast(dlr, dtype)
             if self._decays(variable):
                 x = x - x * (step * self._decay_rate(variable, dtype))
-            new_x = x - m * step / (ops.sqrt(v) + ops.cast(new_d, dtype) * self.epsilon)
+            new_x = x - m * step / (ops.sqrt(v) + ops.cast(epsilon_scale, dtype) * self.epsilon)
             assignments += [(s_slot, s), (m_slot, m), (v_slot, v), (variable, new_x)]
         return assignments
 

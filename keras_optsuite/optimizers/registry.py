@@ -399,7 +399,11 @@ REGISTRY: dict[str, OptimizerSpec] = {
             {"learning_rate": 1.0},
             ({"d0": 2.0**-10, "growth_rate": 2.0, "beta_3": 0.875},
              {"use_bias_correction": True, "safeguard_warmup": True, "d_coef": 4.0, "d0": 2.0**-10},
-             {"weight_decay": 2.0**-4}),
+             {"weight_decay": 2.0**-4},
+             # Algorithm 4 as printed (tests/references/prodigy_mishchenko2023.py);
+             # a large epsilon makes its d * epsilon visible at rtol 1e-9.
+             {"paper_exact": True},
+             {"paper_exact": True, "epsilon": 0.25, "beta_1": 0.875, "beta_2": 0.984375}),
             search_space=(Searchable("d_coef", 0.1, 10.0),),
         ),
         OptimizerSpec(
@@ -410,7 +414,10 @@ REGISTRY: dict[str, OptimizerSpec] = {
             # digits; halving it keeps float32 runs reproducible across devices.
             {"learning_rate": 0.5},
             ({"d0": 2.0**-10, "growth_rate": 2.0}, {"use_bias_correction": True},
-             {"weight_decay": 2.0**-4}),
+             {"weight_decay": 2.0**-4},
+             # The paper's algorithm as printed (tests/references/dadapt_adam_defazio2023.py).
+             {"paper_exact": True},
+             {"paper_exact": True, "beta_1": 0.875, "beta_2": 0.984375, "epsilon": 2.0**-10}),
             search_space=(_BETA_1,),
         ),
         OptimizerSpec(

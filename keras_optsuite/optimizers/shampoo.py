@@ -14,6 +14,7 @@ from keras_optsuite._validation import (
     check_decay_rate,
     check_fraction,
     check_non_negative,
+    check_paper_exact,
     check_positive_int,
 )
 from keras_optsuite.optimizers._base import OptsuiteOptimizer, dense_gradient, power
@@ -150,6 +151,8 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
     float32 otherwise; ``update_step`` computes in that dtype and subclasses
     return the variable's change from ``_step``.
     """
+
+    whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
 
     # Factor variable name -> attribute holding the per-variable lists.
     _factor_attributes: dict[str, str] = {}
@@ -414,13 +417,7 @@ class Shampoo(KroneckerFactoredOptimizer):
             given = {"grafting": grafting, "beta_1": beta_1, "statistics_decay": statistics_decay,
                      "precondition_frequency": precondition_frequency,
                      "start_preconditioning_step": start_preconditioning_step}
-            for argument, value in given.items():
-                default, exact = _PAPER_EXACT_DEFAULTS[argument], _PAPER_EXACT[argument]
-                if value != default and value != exact:
-                    raise ValueError(
-                        f"paper_exact=True sets {argument}={exact!r} (Gupta et al. 2018), "
-                        f"got {argument}={value!r}"
-                    )
+            check_paper_exact("Gupta et al. 2018", given, _PAPER_EXACT, _PAPER_EXACT_DEFAULTS)
             if not matrix_epsilon > 0:
                 raise ValueError(f"paper_exact=True needs matrix_epsilon > 0 (H_0 = matrix_epsilon I), "
                                  f"got matrix_epsilon={matrix_epsilon!r}")

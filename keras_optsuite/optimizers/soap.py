@@ -13,6 +13,7 @@ from keras_optsuite._validation import (
     check_decay_rate,
     check_fraction,
     check_non_negative,
+    check_paper_exact,
     check_positive_int,
 )
 from keras_optsuite.optimizers._base import power
@@ -179,11 +180,8 @@ class SOAP(KroneckerFactoredOptimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.paper_exact = check_bool("paper_exact", paper_exact)
         if paper_exact:
-            if matrix_epsilon not in (1e-3, 0.0):
-                raise ValueError(
-                    "paper_exact=True runs the authors' unshifted power iteration "
-                    f"(matrix_epsilon=0), got matrix_epsilon={matrix_epsilon!r}"
-                )
+            check_paper_exact("the authors' unshifted power iteration", {"matrix_epsilon": matrix_epsilon},
+                              {"matrix_epsilon": 0.0}, {"matrix_epsilon": 1e-3})
             matrix_epsilon = 0.0
         self.beta_1 = check_decay_rate("beta_1", beta_1)
         self.beta_2 = check_decay_rate("beta_2", beta_2)

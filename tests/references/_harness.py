@@ -43,6 +43,11 @@ class WholeStep(PerTensor):
         return self.module.update(params, grads, self.states, t, self.lr(t), **self.hyper)
 
 
+def zero_state(params, *names, **scalars):
+    """A state of zeros shaped like ``params`` under each of ``names``, plus ``scalars``."""
+    return {**{name: [np.zeros_like(p) for p in params] for name in names}, **scalars}
+
+
 def reference_for(module, learning_rate, **hyper):
     """The list-level reference of a reference module."""
     kind = WholeStep if getattr(module, "WHOLE_STEP", False) else PerTensor

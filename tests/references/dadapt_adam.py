@@ -5,25 +5,30 @@ ICML 2023, arXiv:2301.07733, Adam variant in the form of the authors'
 dadaptation.DAdaptAdam (version 3) step, with decoupled weight decay
 (decouple=True). One d for all tensors. Deviation kept in both: when
 ||s||_1 = 0 d stays and the step is still taken (the authors' code returns).
+paper_exact=True: the paper's algorithm as printed (references/dadapt_adam_defazio2023.py).
 """
 import math
 
 import numpy as np
 
+from references import dadapt_adam_defazio2023
+from references._harness import zero_state
+
 WHOLE_STEP = True
 
 
-def init_state(params, d0=1e-6, **_):
-    return {
-        "s": [np.zeros_like(p) for p in params],
-        "m": [np.zeros_like(p) for p in params],
-        "v": [np.zeros_like(p) for p in params],
-        "r": 0.0, "d": d0,
-    }
+def init_state(params, d0=1e-6, paper_exact=False, **_):
+    if paper_exact:  # the paper's algorithm as printed: its own transcription
+        return dadapt_adam_defazio2023.init_state(params, d0=d0)
+    return zero_state(params, "s", "m", "v", r=0.0, d=d0)
 
 
 def update(params, grads, state, t, learning_rate, *, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-           d0=1e-6, growth_rate=math.inf, use_bias_correction=False, weight_decay=0.0):
+           d0=1e-6, growth_rate=math.inf, use_bias_correction=False, weight_decay=0.0, paper_exact=False):
+    if paper_exact:  # the optimizer refuses the options the paper lacks
+        return dadapt_adam_defazio2023.update(params, grads, state, t, learning_rate, beta_1=beta_1,
+                                              beta_2=beta_2, epsilon=epsilon, d0=d0,
+                                              weight_decay=weight_decay)
     b = math.sqrt(beta_2)
     d = state["d"]
     bc = math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t) if use_bias_correction else 1.0

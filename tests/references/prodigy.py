@@ -6,16 +6,21 @@ authors' prodigyopt step (weights (d/d0) dlr on r and s instead of the
 paper's (1 - sqrt(beta_2)) gamma d^2, which cancel in d_hat = r / ||s||_1;
 epsilon scaled by the new d; growth_rate and d_coef). One d for all tensors.
 Deviation kept in both: when ||s||_1 = 0 d stays and the step is still taken
-(prodigyopt returns without a step).
+(prodigyopt returns without a step). paper_exact=True: Algorithm 4 as printed
+(references/prodigy_mishchenko2023.py).
 """
 import math
 
 import numpy as np
 
+from references import prodigy_mishchenko2023
+
 WHOLE_STEP = True
 
 
-def init_state(params, d0=1e-6, **_):
+def init_state(params, d0=1e-6, paper_exact=False, **_):
+    if paper_exact:  # Algorithm 4 as printed: its own transcription
+        return prodigy_mishchenko2023.init_state(params, d0=d0)
     return {
         "x0": [p.copy() for p in params],              # x_0
         "s": [np.zeros_like(p) for p in params],        # s_0 = 0
@@ -27,7 +32,11 @@ def init_state(params, d0=1e-6, **_):
 
 def update(params, grads, state, t, learning_rate, *, beta_1=0.9, beta_2=0.999, beta_3=None,
            epsilon=1e-8, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
-           use_bias_correction=False, safeguard_warmup=False, weight_decay=0.0):
+           use_bias_correction=False, safeguard_warmup=False, weight_decay=0.0, paper_exact=False):
+    if paper_exact:  # the optimizer refuses the options Algorithm 4 lacks
+        return prodigy_mishchenko2023.update(params, grads, state, t, learning_rate, beta_1=beta_1,
+                                             beta_2=beta_2, epsilon=epsilon, d0=d0,
+                                             weight_decay=weight_decay)
     beta_3 = math.sqrt(beta_2) if beta_3 is None else beta_3
     d = state["d"]
     bc = math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t) if use_bias_correction else 1.0

@@ -4,7 +4,9 @@ Run by ``launch(..., workers=2, ps=2)``:
 ``python tests/workers/parameter_server_training.py OUT_DIR``. Workers and
 parameter servers serve; the chief builds the strategy with
 ``get_strategy("auto")`` and a partitioner, trains a model whose two
-embedding tables are sharded across both parameter servers, and writes
+embedding tables are sharded across both parameter servers (with Keras's
+Adam, then a fresh copy per method of :func:`methods`, and one that is
+refused on sharded variables), and writes
 ``OUT_DIR/chief.npz`` and ``OUT_DIR/chief.json``. The test builds the same
 model with :func:`build_model` and no strategy for the reference.
 """
@@ -27,6 +29,7 @@ TOKENS = 4
 EXAMPLES = 256
 LEARNING_RATE = 0.05
 SEQUENTIAL_STEPS = 8  # phase 1: full batch, one step at a time
+METHOD_STEPS = 4  # phase 1 again for each of this package's methods (fresh model, same start)
 ASYNC_STEPS = 40  # phase 2: mini-batches, both workers at once
 ASYNC_BATCH = 32
 # The partitioner splits variables of >= 2 * 256 bytes: the two 40 x 4
@@ -42,8 +45,62 @@ def data():
     return ids, y
 
 
-def build_model():
-    """Two embedding tables (Keras's and ShardedEmbedding) and a Dense head, compiled."""
+def methods():
+    """This package's optimizers and wrappers trained on the cluster: name -> a
+    function building the optimizer (called inside the strategy's scope).
+
+    Elementwise steps (RAdam, Adan, Signum's sign step), schedule-free
+    weights, an estimate summed over every variable (Prodigy), and the
+    wrappers around Keras's Adam (Lookahead, weight averaging, gradient
+    accumulation, a chain with a global-norm clip small enough to be active).
+    """
+    import keras
+
+    from keras_optsuite.optimizers import (
+        Adan,
+        Chain,
+        ClipByGlobalNorm,
+        ExponentialMovingAverage,
+        GradientAccumulation,
+        Lookahead,
+        Prodigy,
+        RAdam,
+        ScheduleFreeAdamW,
+        Signum,
+    )
+
+    def adam():
+        return keras.optimizers.Adam(LEARNING_RATE)
+
+    return {
+        "RAdam": lambda: RAdam(LEARNING_RATE),
+        "Adan": lambda: Adan(LEARNING_RATE),
+        "Signum": lambda: Signum(0.01),
+        "ScheduleFreeAdamW": lambda: ScheduleFreeAdamW(LEARNING_RATE),
+        "Prodigy": lambda: Prodigy(d0=0.01),  # d0 1e-6 moves the weights by 4e-5 in 4 steps
+        "Lookahead(Adam)": lambda: Lookahead(adam(), sync_period=2),
+        "ExponentialMovingAverage(Adam)": lambda: ExponentialMovingAverage(adam(), decay=0.5),
+        "GradientAccumulation(Adam)": lambda: GradientAccumulation(adam(), steps=2),
+        "Chain(Adam)": lambda: Chain(adam(), [ClipByGlobalNorm(0.05)]),
+    }
+
+
+def whole_variables(model, per_source):
+    """Values given per optimizer variable (the shards of a sharded variable
+    one by one) regrouped per model variable, shards concatenated row-wise."""
+    from keras_optsuite.distribute.parameter_server import variable_shards
+
+    values, start = [], 0
+    for variable in model.trainable_variables:
+        count = len(variable_shards(variable))
+        values.append(np.concatenate([np.asarray(v) for v in per_source[start:start + count]]))
+        start += count
+    return values
+
+
+def build_model(optimizer=None):
+    """Two embedding tables (Keras's and ShardedEmbedding) and a Dense head,
+    compiled with ``optimizer`` (default: Keras's Adam)."""
     import keras
 
     from keras_optsuite.distribute.parameter_server import ShardedEmbedding
@@ -59,7 +116,7 @@ def build_model():
     ]
     output = keras.layers.Dense(1, name="head")(keras.layers.Concatenate()(pooled))
     model = keras.Model(ids, output)
-    model.compile(keras.optimizers.Adam(LEARNING_RATE), "mse")
+    model.compile(optimizer or keras.optimizers.Adam(LEARNING_RATE), "mse")
     return model
 
 
@@ -131,6 +188,26 @@ def main(out_dir):
     report["sequential_iterations"] = int(model.optimizer.iterations.numpy())
     arrays.update({f"sequential_{i}": w for i, w in enumerate(model.get_weights())})
     print("chief: sequential phase done", flush=True)
+    initial = [arrays[f"initial_{i}"] for i in range(len(model.get_weights()))]
+    report["methods"] = {}
+    for name, make in methods().items():
+        with strategy.scope():
+            trained = build_model(make())
+        trained.set_weights(initial)
+        losses = train_with_parameter_servers(trained, full_batch_dataset, METHOD_STEPS, wait_each_step=True)
+        report["methods"][name] = losses
+        arrays.update({f"{name}_{i}": w for i, w in enumerate(trained.get_weights())})
+        averaged = getattr(trained.optimizer, "averaged_variables", None)
+        if averaged is not None:
+            arrays.update({f"{name}_averaged_{i}": w for i, w in enumerate(whole_variables(trained, averaged))})
+    print(f"chief: {len(report['methods'])} methods trained", flush=True)
+    from keras_optsuite.optimizers import Shampoo
+
+    with strategy.scope():
+        refused = build_model(Shampoo(LEARNING_RATE))
+    report["whole_variable_error"] = _error(
+        lambda: train_with_parameter_servers(refused, full_batch_dataset, 1, wait_each_step=True)
+    )
     report["async_losses"] = train_with_parameter_servers(model, mini_batch_dataset, ASYNC_STEPS)
     arrays.update({f"final_{i}": w for i, w in enumerate(model.get_weights())})
     print("chief: asynchronous phase done", flush=True)
