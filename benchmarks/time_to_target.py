@@ -249,7 +249,7 @@ def profile_png(aggregated: Mapping[str, Any], path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(14, 6))
+    figure = Figure(figsize=(15, 6.5))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2, sharey=True)
     colors = [f"C{i}" for i in range(10)]
@@ -265,14 +265,14 @@ def profile_png(aggregated: Mapping[str, Any], path: Path, title: str) -> None:
                       linewidth=2.2 if name == BASELINE else 1.4, label=name)
         axis.axvline(TAU_MAX, color="grey", linewidth=0.8, linestyle=":")
         axis.set_xscale("log", base=2)
-        axis.set_xlabel(f"τ: within τ times the fewest {label} of any optimizer (log scale; AlgoPerf's score "
-                        f"integrates up to τ = {TAU_MAX:g}, dotted)")
-        axis.set_title(f"performance profile by {label}")
+        axis.set_xlabel(f"τ: within τ times the fewest {label} of any optimizer")
+        axis.set_title(f"by {label}")
         axis.set_ylim(-0.02, 1.02)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel(f"fraction of the {len(aggregated['ratios'])} workloads reaching tuned {BASELINE}'s target")
-    axes[1].legend(fontsize=8, loc="lower right", ncol=2)
-    figure.suptitle(title)
+    axes[0].set_ylabel(f"fraction of the {len(aggregated['ratios'])} workload(s) solved within τ")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.suptitle(f"{title}\nperformance profiles (Dolan-Moré); AlgoPerf's score integrates them up to "
+                    f"τ = {TAU_MAX:g} (dotted); log-scale τ")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -315,8 +315,21 @@ def write_reports(results: list[dict[str, Any]], output: Path, missing: Sequence
     text += [workload_table(result) for result in results]
     text += ["## Who beats tuned Adam where", "", verdict(results)]
     paths["tables.md"].write_text("\n".join(text))
-    profile_png(aggregated, paths["profile.png"], f"Time to tuned {BASELINE}'s target on {len(results)} workloads")
+    profile_png(aggregated, paths["profile.png"], f"Steps and wall time to tuned {BASELINE}'s target on "
+                f"{len(results)} workload(s): {done}")
     return paths
+
+
+def _report_only(output: Path, names: Sequence[str], command: str) -> int:
+    state = json.loads((output / "slots" / f"{STATE}.json").read_text()) if (output / "slots").exists() else {}
+    finished = state.get("workloads", {})
+    results = [finished[name] for name in names if name in finished]
+    if not results:
+        print(f"time_to_target: no finished workload in {output}/slots/{STATE}.json to report", file=sys.stderr)
+        return 1
+    paths = write_reports(results, output, [name for name in names if name not in finished], command)
+    print(paths["tables.md"].read_text())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help=f"default {OUTPUT} ({OUTPUT}/quick with --quick)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLflow's, else mlruns/mlflow.db)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress from the bake-offs")
+    parser.add_argument("--report", action="store_true", help="only rewrite the tables and the plot from the "
+                        "workloads the latest benchmark run finished (no training, nothing logged)")
     args = parser.parse_args(argv)
     trials = args.trials
     if trials < 1:
@@ -342,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = workload_paths(names)
     all_names = [path.stem for path in workload_paths([QUICK_WORKLOAD] if args.quick else None)]
     command = "benchmarks/time_to_target.py" + (" --quick" if args.quick else "")
+    if args.report:
+        return _report_only(output, all_names, command)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import mlflow

@@ -197,3 +197,11 @@ def test_quick_mode_writes_its_tables_and_they_agree_with_the_mlflow_runs(tmp_pa
     runs = client.search_runs([parent.info.experiment_id], "tags.`keras_optsuite.kind` = 'compare'")
     assert [run.info.run_id for run in runs] == [bake_off.info.run_id], "no second bake-off"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+    # --report rewrites the tables and the plot from the finished workloads, without training or logging.
+    runs_before = len(client.search_runs([parent.info.experiment_id], max_results=1000))
+    for name in ("tables.md", "profile.png"):
+        (output / name).unlink()
+    assert ttt.main(["--quick", "--output", str(output), "--report"]) == 0
+    assert "digits_logistic" in (output / "tables.md").read_text() and (output / "profile.png").exists()
+    assert len(client.search_runs([parent.info.experiment_id], max_results=1000)) == runs_before, "no new run"
