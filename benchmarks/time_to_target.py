@@ -310,7 +310,8 @@ def write_reports(results: list[dict[str, Any]], output: Path, missing: Sequence
     paths["results.json"].write_text(json.dumps({"command": command, "workloads": results,
                                                  "scores": aggregated["scores"], "ratios": aggregated["ratios"],
                                                  "time_ratios": aggregated["time_ratios"]}, indent=2))
-    text = [f"# Time to target: {done}", "", f"`{command}`" + (f"; not run yet: {', '.join(missing)}" if missing else ""),
+    text = [f"# Time to target: {done}", "",
+            f"`{command}`" + (f"; not run yet: {', '.join(missing)}" if missing else ""),
             "", "## Across workloads", "", summary_table(aggregated), "## Per workload", ""]
     text += [workload_table(result) for result in results]
     text += ["## Who beats tuned Adam where", "", verdict(results)]

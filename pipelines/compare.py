@@ -215,7 +215,8 @@ def markdown(rows: list[dict[str, Any]], ctx: Context, target: float, baseline: 
                  row["tuning_trials"], row["tuning_seconds"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
-    lines.append(f"Target: {metric} = {target:.4f}, the {target_statistic} final score of the tuned baseline {baseline} "
+    lines.append(f"Target: {metric} = {target:.4f}, the {target_statistic} final score of the tuned baseline "
+                 f"{baseline} "
                  f"({'lower' if ctx.direction == 'min' else 'higher'} is better); steps and seconds are "
                  "medians over seeds.")
     return "\n".join(lines) + "\n"
