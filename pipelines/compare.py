@@ -151,6 +151,8 @@ def _summarize(ctx: Context, label: str, result: Mapping[str, Any], target: floa
     reached = [first_reaching(s["curve"], metric, target, lower) for s in seeds]
     steps = [row["step"] if row else math.inf for row in reached]
     seconds = [row["seconds"] if row else math.inf for row in reached]
+    per_seed = {"seeds": [s["seed"] for s in seeds], "steps_to_target_per_seed": steps,
+                "seconds_to_target_per_seed": seconds, f"{metric}_per_seed": finals}
     return {
         "optimizer": label,
         f"test_{test_key}_mean": float(np.mean(tests)),
@@ -163,14 +165,21 @@ def _summarize(ctx: Context, label: str, result: Mapping[str, Any], target: floa
         "tuning_seconds": round(result["tuning_seconds"], 1),
         "best_hyperparameters": json.dumps(result["hyperparameters"], default=str, sort_keys=True),
         "optimizer_run_id": result["run_id"],
+        **per_seed,
     }
 
 
-def leaderboard(ctx: Context, results: Mapping[str, Mapping[str, Any]], baseline: str) -> tuple[list[dict], float]:
-    """Rows ranked by mean test score (then validation score), and the target (the baseline's mean final score)."""
+#: How the target is drawn from the tuned baseline's final validation scores, one per seed.
+TARGET_STATISTICS = {"mean": np.mean, "median": np.median}
+
+
+def leaderboard(ctx: Context, results: Mapping[str, Mapping[str, Any]], baseline: str,
+                target_statistic: str = "mean") -> tuple[list[dict], float]:
+    """Rows ranked by mean test score (then validation score), and the target (the baseline's mean final score,
+    or its ``target_statistic`` over seeds)."""
     metric = ctx.metric
     baseline_finals = [s["curve"][-1][metric] for s in results[baseline]["seeds"] if s["curve"]]
-    target = float(np.mean(baseline_finals))
+    target = float(TARGET_STATISTICS[target_statistic](baseline_finals))
     rows = [_summarize(ctx, label, result, target) for label, result in results.items()]
     test_key = f"test_{metric.removeprefix('val_')}_mean"
     sign = 1.0 if ctx.direction == "min" else -1.0
@@ -193,7 +202,8 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def markdown(rows: list[dict[str, Any]], ctx: Context, target: float, baseline: str) -> str:
+def markdown(rows: list[dict[str, Any]], ctx: Context, target: float, baseline: str,
+             target_statistic: str = "mean") -> str:
     metric, test_key = ctx.metric, f"test_{ctx.metric.removeprefix('val_')}"
     header = ["rank", "optimizer", f"{test_key} (mean ± std)", f"{metric}", "reached target",
               "steps to target", "seconds to target", "tuning trials", "tuning s"]
@@ -205,7 +215,8 @@ def markdown(rows: list[dict[str, Any]], ctx: Context, target: float, baseline: 
                  row["tuning_trials"], row["tuning_seconds"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
-    lines.append(f"Target: {metric} = {target:.4f}, the mean final score of the tuned baseline {baseline} "
+    lines.append(f"Target: {metric} = {target:.4f}, the {target_statistic} final score of the tuned baseline "
+                 f"{baseline} "
                  f"({'lower' if ctx.direction == 'min' else 'higher'} is better); steps and seconds are "
                  "medians over seeds.")
     return "\n".join(lines) + "\n"
@@ -270,7 +281,7 @@ of <code>{html.escape(ctx.tracking_uri)}</code>.</p>
 
 
 def _write_reports(ctx: Context, rows: list[dict], target: float, baseline: str, results: Mapping[str, Any],
-                   directory: Path, parent_run_id: str) -> dict[str, Path]:
+                   directory: Path, parent_run_id: str, target_statistic: str = "mean") -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = {name: directory / name for name in ("leaderboard.csv", "leaderboard.md", "learning_curves.png",
                                                   "report.html")}
@@ -278,7 +289,7 @@ def _write_reports(ctx: Context, rows: list[dict], target: float, baseline: str,
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = markdown(rows, ctx, target, baseline)
+    table = markdown(rows, ctx, target, baseline, target_statistic)
     paths["leaderboard.md"].write_text(table)
     _curves_png(ctx, results, target, paths["learning_curves.png"])
     paths["report.html"].write_text(_report_html(ctx, table, rows, paths["learning_curves.png"], parent_run_id))
@@ -300,13 +311,20 @@ def _winner(ctx: Context, rows: list[dict], results: Mapping[str, Any]) -> dict[
 
 
 def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bool = False,
-                output_root: Path = OUTPUT_ROOT, out: TextIO | None = None, workers: int = 0) -> dict[str, Any]:
+                output_root: Path = OUTPUT_ROOT, out: TextIO | None = None, workers: int = 0,
+                parent_run_id: str | None = None, target_statistic: str = "mean") -> dict[str, Any]:
     """Run the bake-off of ``config``; returns its summary (also printed on ``out``).
 
     ``workers`` > 0 runs each optimizer's tuning on that many Keras Tuner
     worker processes (and a chief); the final seed runs stay in this process.
+    ``parent_run_id`` makes the bake-off's run a child of that MLflow run (in
+    the same experiment; e.g. one benchmark run above several bake-offs).
+    ``target_statistic`` (``"mean"`` or ``"median"``) is how the target is
+    drawn from the tuned baseline's final scores over seeds.
     """
     out = out if out is not None else sys.stdout
+    if target_statistic not in TARGET_STATISTICS:
+        raise ValueError(f"target_statistic={target_statistic!r}: expected one of {', '.join(TARGET_STATISTICS)}")
     import mlflow
 
     from keras_optsuite.callbacks import _run_params
@@ -325,10 +343,11 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
             return summary
         client = mlflow.MlflowClient(ctx.tracking_uri)
         experiment_id = get_or_create_experiment(client, ctx.experiment)
-        parent_run_id = state.state.get("parent_run_id") if state.resumed else None
+        above_run_id, parent_run_id = parent_run_id, state.state.get("parent_run_id") if state.resumed else None
         if parent_run_id is None:
             tags = _run_params.context_tags({TAG + "kind": "compare", TAG + "config": ctx.name,
-                                             **({TAG + "slot": slot} if slot else {})})
+                                             **({TAG + "slot": slot} if slot else {}),
+                                             **({"mlflow.parentRunId": above_run_id} if above_run_id else {})})
             parent = client.create_run(experiment_id, run_name=f"compare {ctx.name}" + (f" {slot}" if slot else ""),
                                        tags=tags)
             parent_run_id = parent.info.run_id
@@ -379,9 +398,11 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
                     "seeds": seeds,
                 }
                 state.save(results=results)
-            rows, target = leaderboard(ctx, {c.label: results[c.label] for c in contestants}, baseline.label)
+            rows, target = leaderboard(ctx, {c.label: results[c.label] for c in contestants}, baseline.label,
+                                       target_statistic)
             winner = _winner(ctx, rows, results)
-            paths = _write_reports(ctx, rows, target, baseline.label, results, ctx.output, parent_run_id)
+            paths = _write_reports(ctx, rows, target, baseline.label, results, ctx.output, parent_run_id,
+                                   target_statistic)
             for path in paths.values():
                 client.log_artifact(parent_run_id, str(path))
             from mlflow.entities import Metric, RunTag
@@ -405,7 +426,7 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
             "report": str(paths["report.html"].absolute()), "seconds": round(time.monotonic() - started, 1),
         }  # fmt: skip
         state.save("finished", summary=summary)
-    print(markdown(rows, ctx, target, baseline.label), file=out)
+    print(markdown(rows, ctx, target, baseline.label, target_statistic), file=out)
     print(f"winner: {winner['optimizer']} (run {winner['run_id']}, logged model {winner['model_id']})", file=out)
     print(f"report: {summary['report']}", file=out)
     print(f"MLflow: bake-off run {parent_run_id} in experiment {ctx.experiment!r}; open the UI with", file=out)

@@ -78,7 +78,7 @@ def _non_empty(value: Any) -> str | None:
 
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "mnist1d", "synthetic_classification",
-            "synthetic_regression")
+            "synthetic_regression", "sequence_memory")
 MODELS = ("mlp", "cnn1d", "autoencoder", "sequence")
 TUNERS = ("random", "bayesian", "grid", "hyperband")
 
@@ -88,8 +88,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "function": Key("str", None, "'module:function' returning (x, y) arrays, or a dict with "
                         "'x', 'y' and optionally 'task' ('classification' or 'regression'); replaces name",
                         _function_reference),
-        "samples": Key("int", 2000, "rows of the synthetic data sets and of mnist1d", _at_least(10)),
-        "features": Key("int", 20, "columns of the synthetic data sets", _at_least(1)),
+        "samples": Key("int", 2000, "rows of the synthetic data sets, mnist1d and sequence_memory",
+                       _at_least(10)),
+        "features": Key("int", 20, "columns of the synthetic data sets (sequence_memory: its length)",
+                        _at_least(1)),
         "classes": Key("int", 3, "classes of synthetic_classification", _at_least(2)),
         "noise": Key("float", 0.1, "noise of the synthetic data sets", _at_least(0.0)),
     },

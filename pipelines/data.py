@@ -10,6 +10,10 @@ Built-in (``[data] name``):
 - ``synthetic_classification`` and ``synthetic_regression``: scikit-learn's
   ``make_classification`` / ``make_regression`` with ``samples``,
   ``features``, ``classes`` and ``noise``.
+- ``sequence_memory``: ``samples`` generated sequences of ``features``
+  random tokens -1 or +1; 4 classes, ``2 * [first token is +1] + [more +1
+  than -1 tokens]``: a recurrent model must both count and remember the
+  start of the sequence.
 
 Or ``[data] function = "module:function"``: called with no arguments, it
 returns ``(x, y)`` NumPy arrays, or a dict with ``"x"``, ``"y"`` and
@@ -125,6 +129,11 @@ def _synthetic_regression(section: Mapping[str, Any], seed: int) -> tuple[np.nda
     )  # fmt: skip
 
 
+def _sequence_memory(section: Mapping[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.random.default_rng(seed).choice([-1.0, 1.0], size=(int(section["samples"]), int(section["features"])))
+    return tokens, 2 * (tokens[:, 0] > 0) + (tokens.sum(axis=1) > 0)
+
+
 _BUILT_IN: dict[str, tuple[Callable[[Mapping[str, Any], int], tuple[np.ndarray, np.ndarray]], str, bool]] = {
     # name: (loader, task, already scaled to [0, 1])
     "digits": (_digits, CLASSIFICATION, True),
@@ -134,6 +143,7 @@ _BUILT_IN: dict[str, tuple[Callable[[Mapping[str, Any], int], tuple[np.ndarray, 
     "mnist1d": (_mnist1d, CLASSIFICATION, True),
     "synthetic_classification": (_synthetic_classification, CLASSIFICATION, False),
     "synthetic_regression": (_synthetic_regression, REGRESSION, False),
+    "sequence_memory": (_sequence_memory, CLASSIFICATION, False),
 }
 
 
