@@ -41,7 +41,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 import keras
 import numpy as np
@@ -170,7 +170,7 @@ def _summarize(ctx: Context, label: str, result: Mapping[str, Any], target: floa
 
 
 #: How the target is drawn from the tuned baseline's final validation scores, one per seed.
-TARGET_STATISTICS = {"mean": np.mean, "median": np.median}
+TARGET_STATISTICS: dict[str, Callable[[Sequence[float]], Any]] = {"mean": np.mean, "median": np.median}
 
 
 def leaderboard(ctx: Context, results: Mapping[str, Mapping[str, Any]], baseline: str,
