@@ -6,7 +6,9 @@ Each search runs once per module (fixtures) and several tests read its record.
 from __future__ import annotations
 
 import csv
+import gc
 import io
+import weakref
 
 import keras
 import mlflow
@@ -60,6 +62,18 @@ def _text(client, run_id, path, directory):
     return open(client.download_artifacts(run_id, path, str(directory))).read()
 
 
+class _TrialObjects(keras.callbacks.Callback):
+    """Keeps a weak reference to each trial's model and optimizer (class-level: Keras Tuner deep-copies
+    the callbacks of every trial)."""
+
+    references: list[tuple[str, weakref.ref]] = []
+
+    def on_train_end(self, logs=None):
+        trial = len(_TrialObjects.references) // 2
+        _TrialObjects.references += [(f"trial {trial}: model", weakref.ref(self.model)),
+                                     (f"trial {trial}: optimizer", weakref.ref(self.model.optimizer))]
+
+
 @pytest.fixture(scope="module")
 def random_search(digits, shared_embedded_tracking_uri, tmp_path_factory):
     (x, y), validation = digits
@@ -69,8 +83,21 @@ def random_search(digits, shared_embedded_tracking_uri, tmp_path_factory):
                          directory=str(tmp_path_factory.mktemp("kt")), project_name="random",
                          experiment="tuning-random", tracking_uri=shared_embedded_tracking_uri,
                          run_name="digits-search")
-    tuner.search(x, y, validation_data=validation, epochs=EPOCHS, batch_size=64, verbose=0)
+    _TrialObjects.references = []
+    tuner.search(x, y, validation_data=validation, epochs=EPOCHS, batch_size=64, verbose=0,
+                 callbacks=[_TrialObjects()])
     return tuner, mlflow.MlflowClient(shared_embedded_tracking_uri)
+
+
+@pytest.mark.slow
+def test_no_trained_model_or_optimizer_outlives_its_search(random_search):
+    """Memory across trials (keras-tuner#873): the tuner, its tracking callbacks and MLflow records keep
+    no trial's model or optimizer alive (what TensorFlow itself keeps per traced model is measured by
+    benchmarks/tuning_overhead.py --memory, see the README)."""
+    assert len(_TrialObjects.references) == 2 * TRIALS
+    gc.collect()
+    alive = [name for name, reference in _TrialObjects.references if reference() is not None]
+    assert alive == [], f"still reachable after the search: {alive}"
 
 
 @pytest.mark.slow
