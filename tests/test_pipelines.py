@@ -420,6 +420,11 @@ def test_tune_and_compare_against_a_real_server(tmp_path, monkeypatch, mlflow_se
     _check_bake_off(client, summary, tmp_path)
     assert not (tmp_path / "mlruns" / "mlflow.db").exists(), "everything went to the server"
 
+    trained = train.run_train(load_config(config_path), quiet=True, output_root=tmp_path / "outputs")
+    run = client.get_run(trained["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["keras_optsuite.kind"] == "train"
+    assert run.data.metrics["val_accuracy"] == pytest.approx(trained["final"]["val_accuracy"], rel=1e-6)
+
     promoted = promote.run_promote(load_config(config_path, ["promote.model_name='server-champion'"]), quiet=True,
                                    output_root=tmp_path / "outputs")
     assert promoted["promote"] and promoted["candidate_run_id"] == summary["winner"]["run_id"]
