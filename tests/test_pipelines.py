@@ -435,7 +435,8 @@ def test_tune_and_compare_against_a_real_server(tmp_path, monkeypatch, mlflow_se
     tuned = tune.run_tune(load_config(config_path, ["tune.trials=3", "tune.optimizers=['Adam', 'SGD']"]),
                           output_root=tmp_path / "outputs", workers=2)
     err = capsys.readouterr().err
-    assert "[tune server] searching on 2 worker processes" in err and "tuner1: trial done" in err, err
+    # which worker runs which trial is Keras Tuner's to decide (a worker slow to start may get none)
+    assert "[tune server] searching on 2 worker processes" in err and ": trial done, val_" in err, err
     search = client.get_run(tuned["parent_run_id"])
     assert search.info.run_name == "tune server" and search.info.status == "FINISHED"
     trials = _children(client, search.info.run_id)
