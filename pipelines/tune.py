@@ -127,8 +127,8 @@ def _search_on_workers(ctx: Context, section: Mapping[str, Any], contestants: Se
     spec.write_text(json.dumps({
         "config": ctx.config, "command": ctx.command, "section": dict(section),
         "contestants": [c.label for c in contestants], "parent_run_id": parent_run_id,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
-    }, default=str))
+        "settings": settings,
+    }, default=str))  # the directory (a Path) as a string
     lines: collections.deque[str] = collections.deque(maxlen=40)
     log_path = project_dir / "search.log"
     ours = f"[{settings['run_name']}] "
