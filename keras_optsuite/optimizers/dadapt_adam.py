@@ -51,7 +51,8 @@ class DAdaptAdam(DistanceEstimate):
     - The inner product ``<g, s>`` is weighted by ``1 / (sqrt(v) + epsilon)``
       with ``v`` before this step's update; the paper weights it by
       ``A_{k+1}^{-1}``, ``A_{k+1} = diag(sqrt(v_new) + epsilon)``, the same
-      denominator the step divides by.
+      denominator the step divides by (the difference is also reported
+      against the code upstream: facebookresearch/dadaptation#38).
     - While ``sum |s| = 0`` the paper's ``d_hat`` is ``0 / 0``; here ``d`` stays.
     - ``growth_rate``, ``use_bias_correction`` and weight decay are the
       code's additions; their defaults are the paper's algorithm (the paper
