@@ -23,6 +23,29 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def replace_file(path: Path, data: str | bytes, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically: readers, and a ``kill -9``, see the old file or the new one, whole.
+
+    The data go to a temporary file beside ``path`` (named after this process
+    and thread, so concurrent writers never share one), which then replaces
+    ``path``. ``durable`` also fsyncs the file before the replacement and the
+    directory after it, so the new content survives a power loss too.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_directory(path.parent)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -58,7 +58,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from keras_optsuite.callbacks._durable import FileLock, fsync_directory, write_all
+from keras_optsuite.callbacks._durable import FileLock, fsync_directory, replace_file, write_all
 from keras_optsuite.callbacks._pending_runs import PendingRuns
 from keras_optsuite.callbacks._records import (
     UNSENT_ARTIFACTS_DIRECTORY,
@@ -126,9 +126,7 @@ class Journal:
         if self.tracking_uri == uri:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.uri_path.with_name(self.uri_path.name + f".{os.getpid()}.tmp")
-        temporary.write_text(uri + "\n", encoding="utf-8")
-        os.replace(temporary, self.uri_path)
+        replace_file(self.uri_path, uri + "\n")
 
     def new_artifacts_directory(self, run_id: str) -> Path:
         """A new empty directory for artifacts of ``run_id`` that could not be uploaded.
@@ -241,13 +239,8 @@ class Journal:
             size = self.path.stat().st_size
             if offset <= self._cursor(identity, size):
                 return  # never move backwards (another replayer got further)
-            temporary = self.cursor_path.with_name(self.cursor_path.name + ".tmp")
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump({"inode": identity[0], "head": identity[1], "offset": offset}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.cursor_path)
-            fsync_directory(self.path.parent)
+            replace_file(self.cursor_path,
+                         json.dumps({"inode": identity[0], "head": identity[1], "offset": offset}), durable=True)
 
     def _read_pending(
         self,
@@ -368,10 +361,6 @@ class Journal:
                 handle.seek(cursor)
                 if b"\n" in handle.read(size - cursor):
                     return  # complete records remain (a torn tail alone does not count)
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            with open(temporary, "wb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            fsync_directory(self.path.parent)
+            replace_file(self.path, b"", durable=True)
             with contextlib.suppress(FileNotFoundError):
                 self.cursor_path.unlink()

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from keras_optsuite.callbacks._durable import FileLock, fsync_directory
+from keras_optsuite.callbacks._durable import FileLock, replace_file
 from keras_optsuite.callbacks._records import is_pending_run_id
 
 
@@ -46,13 +46,7 @@ class PendingRuns:
         """Record that ``pending`` is the run ``real`` (durably, before returning)."""
         with self.locked():
             mapping = {**self._read(), pending: real}
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump(mapping, handle, indent=0)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            fsync_directory(self.path.parent)
+            replace_file(self.path, json.dumps(mapping, indent=0), durable=True)
             self._known[pending] = real
 
     def _read(self) -> dict[str, str]:

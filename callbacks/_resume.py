@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from keras_optsuite.callbacks._durable import replace_file
 
 SUFFIX = ".mlflow-run"
 FORMAT = 1
@@ -56,16 +57,7 @@ class RunState:
     def save(self, state: dict[str, Any]) -> None:
         """Replace the state atomically (a kill leaves the old or the new file, whole)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".run-", suffix=".json")
-        try:
-            with os.fdopen(handle, "w") as file:
-                json.dump({**state, "format": FORMAT}, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        replace_file(self.path, json.dumps({**state, "format": FORMAT}), durable=True)
 
     def clear(self) -> None:
         """Forget the run (it ended FINISHED): the next start creates a new one."""

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
+from keras_optsuite.callbacks._durable import replace_file
 from keras_optsuite.callbacks.compare import lower_is_better
 from keras_optsuite.pipelines.config import ConfigError
 from keras_optsuite.pipelines.data import Data, load_data
@@ -168,9 +169,7 @@ class Curve(keras.callbacks.Callback):
         })  # fmt: skip
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            temporary.write_text(json.dumps(self.rows))
-            temporary.replace(self.path)  # whole or not at all, even under kill -9
+            replace_file(self.path, json.dumps(self.rows))  # whole or not at all, even under kill -9
 
 
 def first_reaching(rows: list[dict[str, float]], metric: str, target: float, lower: bool) -> dict[str, float] | None:

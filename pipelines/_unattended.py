@@ -29,6 +29,8 @@ from typing import Any, TextIO
 
 import keras
 
+from keras_optsuite.callbacks._durable import replace_file
+
 LOCK_HELD_EXIT = 3
 
 
@@ -138,9 +140,7 @@ class Slot:
             self.state[f"{status}_at"] = _now()
         self.state.update(data)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.state, indent=2, default=str))
-        os.replace(temporary, self.path)
+        replace_file(self.path, json.dumps(self.state, indent=2, default=str))
 
 
 class Progress(keras.callbacks.Callback):

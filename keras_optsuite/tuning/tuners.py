@@ -586,9 +586,9 @@ def _active_values(hp: Any) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value))
-    temporary.replace(path)  # readers see the whole file or none
+    from keras_optsuite.callbacks._durable import replace_file
+
+    replace_file(path, json.dumps(value))  # readers see the whole file or none
 
 
 def _check_budget(**budgets: Any) -> None:
