@@ -152,13 +152,18 @@ class Progress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.started = time.monotonic()
+        self.first_epoch: int | None = None  # a resumed fit starts after epoch 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.quiet:
             return
         elapsed = time.monotonic() - self.started
         done = epoch + 1
-        left = elapsed / done * (self.epochs - done)
+        left = elapsed / (done - (self.first_epoch or 0)) * (self.epochs - done)
         shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items() if k in _SHOWN)
         print(f"[{self.label}] epoch {done}/{self.epochs} {shown} · {elapsed:.1f} s elapsed, ~{left:.0f} s left",
               file=self.out if self.out is not None else sys.stderr, flush=True)

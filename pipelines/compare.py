@@ -361,6 +361,7 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
             say(f"[compare {ctx.name}] resuming slot {slot}: run {parent_run_id}", quiet)
         state.save("running", parent_run_id=parent_run_id)
         results: dict[str, Any] = dict(state.state.get("results", {}))
+        kept = len(results)  # finished by a crashed run: they took no time here
         workspace = ctx.output / (f"slots/{slot}" if slot else "latest")
         started = time.monotonic()
         try:
@@ -369,9 +370,9 @@ def run_compare(config: Mapping[str, Any], *, slot: str | None = None, quiet: bo
                 if label in results:
                     say(f"[compare {index}/{len(contestants)} {label}] done in the crashed run: kept", quiet)
                     continue
-                done = len(results)
+                done = len(results) - kept
                 elapsed = time.monotonic() - started
-                left = f", ~{elapsed / done * (len(contestants) - done):.0f} s left" if done else ""
+                left = f", ~{elapsed / done * (len(contestants) - len(results)):.0f} s left" if done else ""
                 say(f"[compare {index}/{len(contestants)} {label}] tuning {section['trials']} trials "
                     f"x {epochs} epochs ({elapsed:.0f} s elapsed{left})", quiet)
                 tuning_started = time.monotonic()

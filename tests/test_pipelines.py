@@ -209,6 +209,21 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_said(tmp_path, capsys)
 
 
 @pytest.mark.slow
+def test_progress_estimates_the_time_left_from_the_epochs_run_in_this_process(monkeypatch):
+    """A fit resumed at epoch 6 of 10 that took 30 s for its first epoch here has ~120 s left, not ~20 s."""
+    from keras_optsuite.pipelines import _unattended
+
+    clock = iter([100.0, 130.0])
+    out = io.StringIO()
+    progress = _unattended.Progress("seed 0", epochs=10, out=out)
+    with monkeypatch.context() as patched:
+        patched.setattr(_unattended.time, "monotonic", lambda: next(clock))
+        progress.on_train_begin()
+        progress.on_epoch_begin(5)
+        progress.on_epoch_end(5, {"loss": 0.5})
+    assert "epoch 6/10 loss 0.5 · 30.0 s elapsed, ~120 s left" in out.getvalue()
+
+
 def test_a_finished_slot_is_not_run_again_and_a_killed_one_resumes_its_run(tmp_path, monkeypatch):
     config = _config(tmp_path, experiment="slots", extra="")
     sets = ["--set", "training.epochs=6", "--set", "data.samples=2000"]
