@@ -11,7 +11,7 @@ from typing import Iterator
 try:  # POSIX: serialize appends/replays of the same journal across processes.
     import fcntl
 except ImportError:  # pragma: no cover - Windows: in-process locking only
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 def fsync_directory(directory: Path) -> None:
     if os.name != "posix":  # pragma: no cover

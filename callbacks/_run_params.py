@@ -12,6 +12,7 @@ import platform
 import re
 import subprocess
 import sys
+import types
 from typing import Any, Mapping
 
 import keras
@@ -111,7 +112,7 @@ def fit_settings(model: keras.Model) -> dict[str, str] | None:
     was given: ``split``, ``data`` or ``none``), ``class_weight`` (JSON) and
     ``sample_weight`` (``true``/``false``). Options left unset are omitted.
     """
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         local = frame.f_locals
         if frame.f_code.co_name == "fit" and local.get("self") is model and "epoch_iterator" in local:

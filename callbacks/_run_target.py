@@ -102,6 +102,7 @@ def resolve_target(
         return Target(uri, client, parent_run_id=parent, experiment=experiment)
     if parent is not None:
         if parent_run_id is None:  # nested in the active run: its experiment
+            assert active is not None  # the parent is the active run
             return Target(uri, client, parent_run_id=parent, experiment_id=active.info.experiment_id)
         if is_pending_run_id(parent) or not server_is_reachable(uri):
             return Target(uri, client, parent_run_id=parent)  # the parent's, once it exists

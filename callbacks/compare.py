@@ -278,6 +278,7 @@ def _learning_curve_figure(
     from matplotlib.figure import Figure
 
     metric_keys = _check_keys("metrics", metrics, allow_none=False, allow_empty=False)
+    assert metric_keys is not None  # allow_none=False
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a str or None, got title={title!r}")
 

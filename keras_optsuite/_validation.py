@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 
 def _is_real(value: Any) -> bool:
@@ -71,6 +71,12 @@ def check_drop_rate(name: str, value: Any) -> float:
     return check_range(name, value, low=0.0, high=1.0, high_inclusive=False)
 
 
+@overload
+def check_positive_int(name: str, value: Any) -> int: ...
+@overload
+def check_positive_int(name: str, value: Any, *, allow_none: Literal[False]) -> int: ...
+@overload
+def check_positive_int(name: str, value: Any, *, allow_none: bool) -> int | None: ...
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None

@@ -136,6 +136,7 @@ def _seed_runs(ctx: Context, contestant: Contestant, model: Any, hp: Any, parent
         test = evaluate(network, data.x_test, data.y_test, training["batch_size"]) if len(data.x_test) else {}
         step = curve.rows[-1]["step"] if curve.rows else 0
         now = int(time.time() * 1000)
+        assert tracking.run_id is not None  # the fit started the run
         client.log_batch(tracking.run_id, metrics=[Metric(f"test_{k}", v, now, int(step)) for k, v in test.items()])
         results.append({"seed": seed, "run_id": tracking.run_id, "curve": curve.rows, "test": test})
         state.save(partial={**state.state.get("partial", {}), contestant.label: results})

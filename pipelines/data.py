@@ -73,7 +73,8 @@ class Data:
     def outputs(self) -> int:
         """Units of the model's last layer: classes, 1, or the input's width."""
         if self.task == CLASSIFICATION:
-            return int(self.classes)
+            assert self.classes is not None  # set for every classification data set
+            return self.classes
         return int(np.prod(self.input_shape)) if self.task == RECONSTRUCTION else 1
 
     def sizes(self) -> dict[str, int]:

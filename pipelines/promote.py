@@ -86,13 +86,18 @@ def run_promote(config: Mapping[str, Any], *, dry_run: bool = False, quiet: bool
         champion_score = None
         if champion is not None:
             say(f"[promote {ctx.name}] evaluating the champion ({name} version {champion.version})", quiet)
-            champion_score = score(_model_id(champion))
+            champion_id = _model_id(champion)
+            if champion_id is None:
+                raise ValueError(f"{name} version {champion.version} ({alias}) names no logged model to evaluate "
+                                 f"(no {MODEL_ID_TAG} tag or model_id): register the {alias} from an optsuite run")
+            champion_score = score(champion_id)
         margin = float(section["min_improvement"])
         if champion is None:
             promote, reason = True, f"no {alias} yet"
         elif _model_id(champion) == model_id:
             promote, reason = False, f"the candidate is already {alias} (version {champion.version})"
         else:
+            assert champion_score is not None  # evaluated above
             gain = champion_score - candidate_score if lower else candidate_score - champion_score
             promote = gain > 0 and gain >= margin
             reason = (f"{metric} {candidate_score:.4f} vs {champion_score:.4f} of version {champion.version}: "

@@ -33,6 +33,7 @@ def _defer_package_inits() -> None:
         if name in sys.modules:  # already imported (e.g. main() called in-process)
             continue
         spec = importlib.util.find_spec(name)
+        assert spec is not None, name  # our own packages
         module = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
         sys.modules[name] = module
         parent, _, child = name.rpartition(".")

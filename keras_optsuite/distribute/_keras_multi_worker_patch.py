@@ -146,7 +146,7 @@ def _make_reduce_per_replica(original: Callable) -> Callable:
 
 def _non_chief_worker(callback: Any) -> bool:
     strategy = getattr(callback.model, "distribute_strategy", None)
-    return _is_multi_worker(strategy) and not strategy.extended.should_checkpoint
+    return strategy is not None and _is_multi_worker(strategy) and not strategy.extended.should_checkpoint
 
 
 def _make_backup_save(original: Callable) -> Callable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any, Callable, Sequence
 
 import keras
@@ -125,6 +126,6 @@ class OptimizerHyperModel(keras_tuner.HyperModel):
         family = get_family(hp.values[OPTIMIZER]) if OPTIMIZER in hp.values else None
         if family is not None and family.full_batch:
             x = args[0] if args else kwargs.get("x")
-            if hasattr(x, "__len__") and not isinstance(x, dict):
+            if isinstance(x, Sized) and not isinstance(x, dict):
                 kwargs["batch_size"] = len(x)
         return model.fit(*args, callbacks=callbacks, **kwargs)

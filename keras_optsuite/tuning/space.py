@@ -274,9 +274,11 @@ def optimizer_space(
     if weight_decay is not None:
         arguments["weight_decay"] = float(weight_decay)
     if schedules:
+        assert chosen is not None and total_steps is not None  # validate_space requires total_steps
         schedule = _schedule(hp, schedules, chosen, arguments, total_steps)
         if schedule is not None:
             arguments["learning_rate"] = schedule
+    assert chosen is not None  # chosen_name is one of the families
     optimizer = chosen.create(**arguments)
     if wrappers:
         optimizer = _wrap(hp, wrappers, optimizer)
@@ -374,7 +376,7 @@ def regularization_space(
     """
     from keras_optsuite.layers import LAYERS
 
-    with_rates = {name: spec for name, spec in LAYERS.items() if spec.rate_attribute}
+    with_rates = {name: attribute for name, spec in LAYERS.items() if (attribute := spec.rate_attribute)}
     names = list(with_rates) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     for name in names:
         if name not in with_rates:
@@ -385,7 +387,7 @@ def regularization_space(
     if weight_decay:
         values["weight_decay"] = _declare(hp, "regularization/weight_decay", WEIGHT_DECAY, WEIGHT_DECAY.default)
     for name in names:
-        attribute = with_rates[name].rate_attribute
+        attribute = with_rates[name]
         parameter = _RATE_RANGES[attribute]
         values[f"{name}.{attribute}"] = _declare(
             hp, f"regularization/{name}.{attribute}", parameter, parameter.default
