@@ -127,7 +127,9 @@ def main() -> None:
     print(
         f"\n{params / 1e6:.2f}M parameters, {args.steps} steps x {args.rounds} interleaved rounds, "
         f"jit_compile={args.jit}, {'one thread, CPU time' if args.cpu_time else 'wall clock'}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"{platform.machine()}, {os.cpu_count()} CPUs\n"
+        f"{platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else "")
+        + f", load average {os.getloadavg()[0]:.1f}\n"
     )
     print("| optimizer | ms / step | vs keras.Adam |")
     print("|---|---:|---:|")

@@ -166,34 +166,51 @@ def _state(optimizer, variables):
     ]
 
 
+def _stepper(optimizer, compiled):
+    """``optimizer.apply`` eagerly, or in a function compiled by XLA (which selects, not branches)."""
+    if not compiled:
+        return optimizer.apply
+
+    def apply(grads, variables):
+        tf.function(lambda *grads: optimizer.apply(list(grads), variables), jit_compile=True)(*grads)
+
+    return apply
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_a_non_finite_gradient_leaves_weights_and_state_untouched(bad):
+def test_a_non_finite_gradient_leaves_weights_and_state_untouched(bad, compiled):
     optimizer = SkipNonFinite(keras.optimizers.Adam(0.1))
     w = keras.Variable(np.array([1.0, 2.0, 3.0]))
     b = keras.Variable(np.array([0.5]))
-    optimizer.apply([tf.constant([0.1, 0.2, 0.3], tf.float64), tf.constant([1.0], tf.float64)], [w, b])
+    optimizer.build([w, b])
+    apply = _stepper(optimizer, compiled)
+    apply([tf.constant([0.1, 0.2, 0.3], tf.float64), tf.constant([1.0], tf.float64)], [w, b])
     before = _state(optimizer, [w, b])
 
-    optimizer.apply([tf.constant([0.1, bad, 0.3], tf.float64), tf.constant([1.0], tf.float64)], [w, b])
+    apply([tf.constant([0.1, bad, 0.3], tf.float64), tf.constant([1.0], tf.float64)], [w, b])
     for saved, now in zip(before, _state(optimizer, [w, b])):
         np.testing.assert_array_equal(saved, now)
     assert int(optimizer.skipped_steps.numpy()) == 1
     assert int(optimizer.inner.iterations.numpy()) == 1
     assert int(optimizer.iterations.numpy()) == 2
 
-    optimizer.apply([tf.constant([0.1, 0.2, 0.3], tf.float64), tf.constant([1.0], tf.float64)], [w, b])
+    apply([tf.constant([0.1, 0.2, 0.3], tf.float64), tf.constant([1.0], tf.float64)], [w, b])
     assert int(optimizer.inner.iterations.numpy()) == 2
     assert not np.array_equal(w.numpy(), before[0])
 
 
-def test_a_non_finite_sparse_gradient_is_skipped_too():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_a_non_finite_sparse_gradient_is_skipped_too(compiled):
     optimizer = SkipNonFinite(keras.optimizers.Adam(0.1))
     table = keras.Variable(np.ones((4, 2)))
+    optimizer.build([table])
+    apply = _stepper(optimizer, compiled)
     good = tf.IndexedSlices(tf.constant([[1.0, 1.0]], tf.float64), tf.constant([1]), tf.constant([4, 2]))
     bad = tf.IndexedSlices(tf.constant([[math.nan, 1.0]], tf.float64), tf.constant([2]), tf.constant([4, 2]))
-    optimizer.apply([good], [table])
+    apply([good], [table])
     after_good = table.numpy().copy()
-    optimizer.apply([bad], [table])
+    apply([bad], [table])
     np.testing.assert_array_equal(table.numpy(), after_good)
     assert int(optimizer.skipped_steps.numpy()) == 1
 

@@ -80,6 +80,25 @@ def compiled_by_xla() -> bool:
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
+def sum_all(tensor: Any) -> Any:
+    """The sum of every entry of ``tensor``, a scalar: ``ops.sum(tensor)``, faster under XLA on CPU.
+
+    XLA's CPU reduction adds one element after another (about 1 ns per
+    element here: a 1M-entry sum costs 3-6 elementwise passes), while a
+    matrix-vector product against ones runs vectorized: 1.4-1.7x faster on
+    a 1024x1024 tensor (benchmarks/step_time.py --jit). Without XLA, or on
+    a GPU, the plain reduction is already vectorized.
+    """
+    if not compiled_by_xla() or len(tensor.shape) < 2 or _has_accelerator():
+        return ops.sum(tensor)
+    rows = ops.reshape(tensor, (-1, tensor.shape[-1]))
+    return ops.sum(tf.linalg.matvec(rows, ops.ones((tensor.shape[-1],), tensor.dtype)))
+
+
+def _has_accelerator() -> bool:
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
 def choose(predicate: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
     """``if_true()`` if the scalar ``predicate`` holds, else ``if_false()``, at the lower cost.
 

@@ -32,7 +32,7 @@ from keras import ops
 from keras_optsuite._config import own_arg_names, own_config
 from keras_optsuite._learning_rate import LearningRateDelegate, set_learning_rate
 from keras_optsuite._upstream import serialization_lib, take_over_gradient_sum
-from keras_optsuite.optimizers._base import SlotState
+from keras_optsuite.optimizers._base import SlotState, compiled_by_xla, snapshot
 
 # Arguments every wrapper handles itself (not part of its own config).
 _WRAPPER_ARGS = frozenset({"self", "inner", "name", "kwargs"})
@@ -248,7 +248,10 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
     def _apply_inner_when(self, predicate: Any, grads: list, variables: list) -> None:
         """Step the inner optimizer only where ``predicate`` (same on every replica) holds."""
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            ops.cond(predicate, lambda: self._apply_inner(grads, variables), lambda: None)
+            if compiled_by_xla():
+                self._apply_inner_selected(predicate, grads, variables)
+            else:
+                ops.cond(predicate, lambda: self._apply_inner(grads, variables), lambda: None)
             return
 
         def branch(distribution, predicate, grads, variables):
@@ -268,6 +271,20 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         tf.distribute.get_replica_context().merge_call(
             branch, args=(predicate, grads, variables)
         )
+
+    def _apply_inner_selected(self, predicate: Any, grads: list, variables: list) -> None:
+        """``_apply_inner_when`` under XLA: step, then keep each new value only where ``predicate``.
+
+        XLA copies every buffer a conditional may write (all weights and all
+        inner state, on every step, taken or not), while a select on a scalar
+        fuses into the loop that computes the new value. Every value is
+        exactly the stepped one or the previous one.
+        """
+        state = list({id(v): v for v in [*variables, *self.inner.variables]}.values())
+        before = [snapshot(v) for v in state]
+        self._apply_inner(grads, variables)
+        for variable, previous in zip(state, before):
+            variable.assign(ops.where(predicate, variable, previous))
 
     # -- config ------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

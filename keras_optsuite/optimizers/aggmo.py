@@ -52,6 +52,7 @@ class AggMo(OptsuiteOptimizer):
         total = 0.0
         for i, beta in enumerate(self.betas):
             v = self._slot(f"velocity_{i}", variable)
-            self.assign(v, beta * v - gradient)
+            # beta = 0 keeps no memory: v = -g without reading v (one pass less).
+            self.assign(v, -gradient if beta == 0.0 else beta * v - gradient)
             total = total + v
         self.assign_add(variable, learning_rate / len(self.betas) * total)

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_bool, check_decay_rate, check_positive, check_positive_int
-from keras_optsuite.optimizers._base import snapshot
+from keras_optsuite.optimizers._base import compiled_by_xla, snapshot
 from keras_optsuite.optimizers._evaluation_weights import SwappedEvaluationWeights
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, applied_updates
 
@@ -70,7 +70,10 @@ class _WeightAveraging(SwappedEvaluationWeights, OptimizerWrapper):
         def update() -> None:
             self.assign_add(average, weight * (variable - average))
 
-        ops.cond(weight > 0, update, lambda: None)
+        if compiled_by_xla():  # a select fuses into the loop; a conditional copies the average
+            self.assign(average, ops.where(weight > 0, average + weight * (variable - average), average))
+        else:  # only averaging steps touch the average
+            ops.cond(weight > 0, update, lambda: None)
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")

@@ -102,7 +102,7 @@ class COCOB(LearningRateFree, OptsuiteOptimizer):
         # learning rate are one scalar.
         wealth = (new_max_abs + new_reward) * gradient_sum
         scale = new_max_abs * ops.maximum(abs_sum + new_max_abs, new_max_abs * self.alpha)
-        new_displacement = wealth / scale * -learning_rate
+        new_displacement = wealth * -learning_rate / scale
         self.assign_add(variable, new_displacement - displacement)
         self.assign(displacement, new_displacement)
 

@@ -16,7 +16,7 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive,
 )
-from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction
+from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction, sum_all
 
 # What DAdaptAdam(paper_exact=True) requires: the paper's algorithm has neither option.
 _PAPER_EXACT = {"growth_rate": math.inf, "use_bias_correction": False}
@@ -145,10 +145,10 @@ class DAdaptAdam(DistanceEstimate):
             # <g, s / (sqrt(v) + epsilon)> with s before this step and v before
             # it (the code: the one pass over the state that Adam does not
             # make) or after it (the paper's A_{k+1}).
-            weighted = ops.sum(g * s_slot / (ops.sqrt(v if self.paper_exact else v_slot) + self.epsilon))
+            weighted = sum_all(g * s_slot / (ops.sqrt(v if self.paper_exact else v_slot) + self.epsilon))
             inner += ops.cast(step * weighted, d_value.dtype)
             s = s_slot + (scaled - s_slot) * (1.0 - b)
-            s_norm += ops.cast(ops.sum(ops.abs(s)), d_value.dtype)
+            s_norm += ops.cast(sum_all(ops.abs(s)), d_value.dtype)
             new_state.append((variable, m, m_slot, v, v_slot, s, s_slot))
 
         numerator = b * self._scalars["numerator"] + (1.0 - b) * inner

@@ -8,12 +8,12 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_patterns, check_positive
-from keras_optsuite.optimizers._base import OptsuiteOptimizer
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, sum_all
 from keras_optsuite.optimizers.gradient_transforms import matches_any
 
 
 def _norm(tensor: Any) -> Any:
-    return ops.sqrt(ops.sum(ops.square(tensor)))
+    return ops.sqrt(sum_all(ops.square(tensor)))
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")

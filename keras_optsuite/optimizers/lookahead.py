@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_fraction, check_positive_int
-from keras_optsuite.optimizers._base import snapshot
+from keras_optsuite.optimizers._base import compiled_by_xla, snapshot
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper, applied_updates
 
 
@@ -59,7 +59,10 @@ class Lookahead(OptimizerWrapper):
 
     def _start_slow_weights(self, variable: Any, before: Any) -> None:
         slow = self._slot("slow", variable)
-        ops.cond(ops.equal(before, 0), lambda: self.assign(slow, variable), lambda: None)
+        if compiled_by_xla():  # a select fuses into the loop; a conditional copies the weights
+            self.assign(slow, ops.where(ops.equal(before, 0), variable, slow))
+        else:  # only the first step reads the weights
+            ops.cond(ops.equal(before, 0), lambda: self.assign(slow, variable), lambda: None)
 
     def _synchronize(self, variable: Any, before: Any) -> None:
         after = applied_updates(self.inner)
@@ -71,4 +74,10 @@ class Lookahead(OptimizerWrapper):
             self.assign_add(slow, alpha * (variable - slow))
             self.assign(variable, slow)
 
-        ops.cond(due, synchronize, lambda: None)
+        if compiled_by_xla():  # selects fuse into the loops; a conditional copies both tensors
+            fast = ops.convert_to_tensor(variable)
+            new_slow = ops.where(due, slow + alpha * (fast - slow), slow)
+            self.assign(slow, new_slow)
+            self.assign(variable, ops.where(due, new_slow, fast))
+        else:  # only synchronizing steps touch the slow weights
+            ops.cond(due, synchronize, lambda: None)

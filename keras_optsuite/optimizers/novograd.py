@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_bool, check_decay_rate, check_non_negative
-from keras_optsuite.optimizers._base import OptsuiteOptimizer
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, sum_all
 
 
 def _state_prefix(variable: Any) -> str:
@@ -94,7 +94,7 @@ class NovoGrad(OptsuiteOptimizer):
         momentum = self._slot("momentum", variable)
         average = self._squared_norm_averages[self._get_variable_index(variable)]
         first_step = self._is_first_step()
-        squared_norm = ops.sum(ops.square(gradient))
+        squared_norm = sum_all(ops.square(gradient))
         new_average = ops.where(
             first_step,
             squared_norm,

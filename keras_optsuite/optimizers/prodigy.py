@@ -16,7 +16,13 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive,
 )
-from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction, choose, compiled_by_xla
+from keras_optsuite.optimizers._base import (
+    DistanceEstimate,
+    adam_bias_correction,
+    choose,
+    compiled_by_xla,
+    sum_all,
+)
 
 # What Prodigy(paper_exact=True) requires: Algorithm 4 has none of these options.
 _PAPER_EXACT = {"beta_3": None, "d_coef": 1.0, "growth_rate": math.inf,
@@ -168,11 +174,11 @@ class Prodigy(DistanceEstimate):
             correlation += choose(
                 first,
                 lambda: ops.zeros((), d_value.dtype),
-                lambda g=g, x=x, x0_slot=x0_slot: ops.cast(ops.sum(g * (x0_slot - x)), d_value.dtype),
+                lambda g=g, x=x, x0_slot=x0_slot: ops.cast(sum_all(g * (x0_slot - x)), d_value.dtype),
             )
             s_slot = self._slot("s", variable)
             s = s_slot * beta_3 + g * ops.cast(s_weight, dtype)
-            s_norm += ops.cast(ops.sum(ops.abs(s)), d_value.dtype)
+            s_norm += ops.cast(sum_all(ops.abs(s)), d_value.dtype)
             m_slot, v_slot = self._slot("momentum", variable), self._slot("velocity", variable)
             scaled = g * ops.cast(d_value, dtype)
             m = m_slot + (scaled - m_slot) * (1.0 - self.beta_1)

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_optsuite.optimizers._base import gradient_values
+from keras_optsuite.optimizers._base import gradient_values, sum_all
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper
 
 
@@ -22,7 +22,7 @@ def all_finite(grads: list) -> Any:
     values = [gradient_values(g) for g in grads if g is not None]
     if not values:
         return ops.convert_to_tensor(True)
-    sums = ops.stack([ops.cast(ops.sum(v), "float32") for v in values])
+    sums = ops.stack([ops.cast(sum_all(v), "float32") for v in values])
 
     def exact() -> Any:
         return ops.all(ops.stack([ops.all(ops.isfinite(v)) for v in values]))
