@@ -226,6 +226,7 @@ class AdaHessian(CrossVariableOptimizer):
 
         # H z at the current weights, before the base class applies weight decay.
         probes = self._probe_vectors(variables)
+        assert pending.hessian_vector_product is not None  # needs_hessian_vector_product is set
         _, products, _ = pending.hessian_vector_product(probes)
         products = [
             tf.zeros_like(z) if h is None else ops.cast(dense_gradient(h), z.dtype)

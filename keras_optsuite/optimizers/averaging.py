@@ -273,6 +273,7 @@ class SWA(_WeightAveraging):
                 "swa_learning_rate needs an inner optimizer with a float or schedule "
                 f"learning rate, got inner={self.inner.name!r} with {current!r}"
             )
+        assert self.swa_learning_rate is not None  # only called when it is set
         self.inner.learning_rate = SWALearningRate(
             current, self.start_step, self.swa_learning_rate,
             self.swa_min_learning_rate, cycle_length=self.average_period,

@@ -496,4 +496,4 @@ class LBFGS(OptsuiteOptimizer):
 
 
 def _name(variable: Any) -> str:
-    return getattr(variable, "path", None) or getattr(variable, "name", repr(variable))
+    return str(getattr(variable, "path", None) or getattr(variable, "name", repr(variable)))

@@ -300,6 +300,7 @@ class Sophia(OptsuiteOptimizer):
         """
         if self.estimator == "hutchinson":
             probes = self.draw_probe_vectors(variables, step)
+            assert pending.hessian_vector_product is not None  # needs_hessian_vector_product is set
             _, products, _ = pending.hessian_vector_product(probes)
             pieces = [ops.cast(u, p.dtype) * p for u, p in zip(probes, products)]
             return pieces, tf.ones((), "float32")
