@@ -49,6 +49,16 @@ def releasing_custom_gradients() -> Iterator[None]:
     Wrap one trial's build and fit: the trial's traced graphs become
     collectable as soon as its model is. Do not wrap code whose graphs are
     differentiated again after the block (nothing in a tuner's trial is).
+    The tuners of :mod:`keras_optsuite.tuning` wrap every trial; wrap your
+    own training loops the same way.
+
+    Example:
+    >>> for learning_rate in (1e-3, 3e-3):
+    ...     keras.backend.clear_session()
+    ...     with releasing_custom_gradients():
+    ...         model = build_model()
+    ...         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    ...         model.fit(x, y, epochs=2, verbose=0)
     """
     before = custom_gradient_names()
     try:
