@@ -9,7 +9,10 @@ alive for the life of the process. Every Keras ``fit`` traces one: the
 optimizer's cross-replica gradient sum (``ReplicaContext.all_reduce``, also
 under the default strategy) is a ``custom_gradient``, so each trained model
 leaves its traced ``one_step_on_data`` behind (about 1.2 MiB for a small
-MLP; keras-tuner#873's "RAM grows trial after trial").
+MLP; keras-tuner#873's "RAM grows trial after trial"). Upstream:
+tensorflow/tensorflow#97697 (the closure keeps the forward ``result``; TF
+2.19 on, still in 2.21), tensorflow/tensorflow#27492 (the registry keeps
+the graph), keras-team/tf-keras#898 (a proposed purge in ``clear_session``).
 
 A tuner owns its trials' models: once a trial has been trained, the
 gradients of its graphs have been taken (at trace time), and nothing
@@ -48,8 +51,9 @@ def releasing_custom_gradients() -> Iterator[None]:
 
     Wrap one trial's build and fit: the trial's traced graphs become
     collectable as soon as its model is. Do not wrap code whose graphs are
-    differentiated again after the block (nothing in a tuner's trial is).
-    The tuners of :mod:`keras_optsuite.tuning` wrap every trial; wrap your
+    differentiated again after the block (nothing in a tuner's trial is),
+    and trace nothing you keep in other threads meanwhile: what any thread
+    registered while the block ran goes. The tuners of :mod:`keras_optsuite.tuning` wrap every trial; wrap your
     own training loops the same way.
 
     Example:
