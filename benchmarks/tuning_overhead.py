@@ -21,7 +21,10 @@ With ``--memory N`` it instead measures memory across ``N`` trials
 (keras-tuner#873), each series in a fresh process of its own (no series
 inherits another's allocations): a plain Keras loop doing what one trial
 does (``clear_session``, ``gc.collect``, build, compile, fit the same
-hypermodel at its defaults) as the floor, then ``N`` trials of each tuner,
+hypermodel at its defaults), the same loop with each trial inside
+``releasing_custom_gradients()`` (what ours does: TensorFlow's gradient
+registry otherwise keeps every traced train step) as the floor, then ``N``
+trials of each tuner,
 all with ``optimizers=["Adam"]`` (what TensorFlow keeps of each trained
 model depends on the optimizer's train-step graph, so every series trains
 the same one; the tuners search Adam's hyperparameters).
@@ -39,6 +42,8 @@ deviation (the measurement's noise).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
@@ -125,7 +130,7 @@ def run(kind: str, directory: str, trials: int, data, tracking_uri: str,
     return wall, TrainingTime.total[0]
 
 
-SERIES = ("keras", "keras_tuner", "keras_optsuite")
+SERIES = ("keras", "keras_released", "keras_tuner", "keras_optsuite")
 # One family in the memory runs: what TensorFlow keeps of each trained model depends on the
 # optimizer's train-step graph (RAdam's is larger than Adam's), so every series trains the same one.
 MEMORY_OPTIMIZERS = ("Adam",)
@@ -136,16 +141,18 @@ def memory_series(kind: str, trials: int, data) -> list[float]:
     Memory.samples = []
     with tempfile.TemporaryDirectory(prefix="tuning-memory-") as directory:
         uri = f"sqlite:///{directory}/mlruns/mlflow.db"
-        if kind == "keras":
+        if kind in ("keras", "keras_released"):
             (x, y), validation = data
             hypermodel, hp = _hypermodel(MEMORY_OPTIMIZERS), keras_tuner.HyperParameters()
             for trial in range(trials):
                 keras.backend.clear_session()  # what Keras Tuner does before each trial's build
-                model = hypermodel.build(hp)
-                hypermodel.fit(hp, model, x, y, validation_data=validation, epochs=EPOCHS, batch_size=BATCH,
-                               verbose=0, callbacks=[Memory()])
+                gc.collect()
+                with tuning.releasing_custom_gradients() if kind == "keras_released" else contextlib.nullcontext():
+                    model = hypermodel.build(hp)
+                    hypermodel.fit(hp, model, x, y, validation_data=validation, epochs=EPOCHS,
+                                   batch_size=BATCH, verbose=0, callbacks=[Memory()])
                 del model
-                print(f"keras: trial {trial + 1}/{trials}", file=sys.stderr, flush=True)
+                print(f"{kind}: trial {trial + 1}/{trials}", file=sys.stderr, flush=True)
         else:
             run("keras_optsuite", os.path.join(directory, "warmup"), 2, data, uri)  # the store's schema
             run(kind, os.path.join(directory, kind), trials, data, uri, [Memory(), _Progress(kind, trials)],
@@ -192,7 +199,8 @@ def memory_report(trials: int, start: int) -> None:
     print(f"| series | MiB after trial {start} | after trial {trials} | MiB / trial, trials {start}-{trials} "
           "(± standard error) | noise (residual std, MiB) |")
     print("|---|---:|---:|---:|---:|")
-    names = {"keras": "plain Keras loop (floor)", "keras_tuner": "keras_tuner.RandomSearch",
+    names = {"keras": "plain Keras loop", "keras_released": "plain Keras loop, custom gradients released (floor)",
+             "keras_tuner": "keras_tuner.RandomSearch",
              "keras_optsuite": "keras_optsuite.tuning.RandomSearch"}
     for kind, samples, per_trial, error, noise in rows:
         print(f"| {names[kind]} | {samples[start - 1]:.0f} | {samples[-1]:.0f} | {per_trial:.2f} ± {error:.2f} "

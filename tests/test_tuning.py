@@ -62,16 +62,28 @@ def _text(client, run_id, path, directory):
     return open(client.download_artifacts(run_id, path, str(directory))).read()
 
 
+def _train_step_graphs() -> list:
+    """The live graphs Keras traced for a train step (``one_step_on_data``)."""
+    from tensorflow.python.framework import func_graph
+
+    return [o for o in gc.get_objects()
+            if isinstance(o, func_graph.FuncGraph) and o.name == "one_step_on_data"]
+
+
 class _TrialObjects(keras.callbacks.Callback):
-    """Keeps a weak reference to each trial's model and optimizer (class-level: Keras Tuner deep-copies
-    the callbacks of every trial)."""
+    """Keeps a weak reference to each trial's model, optimizer and traced train steps (class-level:
+    Keras Tuner deep-copies the callbacks of every trial)."""
 
     references: list[tuple[str, weakref.ref]] = []
+    trials = 0
 
     def on_train_end(self, logs=None):
-        trial = len(_TrialObjects.references) // 2
+        trial, _TrialObjects.trials = _TrialObjects.trials, _TrialObjects.trials + 1
+        known = {id(reference()) for _, reference in _TrialObjects.references}
         _TrialObjects.references += [(f"trial {trial}: model", weakref.ref(self.model)),
                                      (f"trial {trial}: optimizer", weakref.ref(self.model.optimizer))]
+        _TrialObjects.references += [(f"trial {trial}: traced train step", weakref.ref(graph))
+                                     for graph in _train_step_graphs() if id(graph) not in known]
 
 
 @pytest.fixture(scope="module")
@@ -83,18 +95,20 @@ def random_search(digits, shared_embedded_tracking_uri, tmp_path_factory):
                          directory=str(tmp_path_factory.mktemp("kt")), project_name="random",
                          experiment="tuning-random", tracking_uri=shared_embedded_tracking_uri,
                          run_name="digits-search")
-    _TrialObjects.references = []
+    _TrialObjects.references, _TrialObjects.trials = [], 0
     tuner.search(x, y, validation_data=validation, epochs=EPOCHS, batch_size=64, verbose=0,
                  callbacks=[_TrialObjects()])
     return tuner, mlflow.MlflowClient(shared_embedded_tracking_uri)
 
 
 @pytest.mark.slow
-def test_no_trained_model_or_optimizer_outlives_its_search(random_search):
-    """Memory across trials (keras-tuner#873): the tuner, its tracking callbacks and MLflow records keep
-    no trial's model or optimizer alive (what TensorFlow itself keeps per traced model is measured by
-    benchmarks/tuning_overhead.py --memory, see the README)."""
-    assert len(_TrialObjects.references) == 2 * TRIALS
+def test_no_trained_model_optimizer_or_traced_train_step_outlives_its_search(random_search):
+    """Memory across trials (keras-tuner#873): nothing keeps a trial's model, optimizer or traced train
+    step alive, neither the tuner, its tracking callbacks and MLflow records, nor TensorFlow's gradient
+    registry (which keeps every traced train step of a plain Keras loop; benchmarks/tuning_overhead.py
+    --memory measures the resident memory, see the README)."""
+    steps = [name for name, _ in _TrialObjects.references if name.endswith("traced train step")]
+    assert len(_TrialObjects.references) == 2 * TRIALS + len(steps) and len(steps) >= TRIALS
     gc.collect()
     alive = [name for name, reference in _TrialObjects.references if reference() is not None]
     assert alive == [], f"still reachable after the search: {alive}"

@@ -7,8 +7,11 @@
 - :class:`RandomSearch`, :class:`GridSearch`, :class:`BayesianOptimization`,
   :class:`Hyperband`: Keras Tuner's tuners with one MLflow parent run per
   search and one child run per trial; :class:`MedianPruning`.
+- :func:`releasing_custom_gradients`: frees what TensorFlow keeps of each
+  trained model (the tuners use it per trial; for your own loops).
 """
 
+from keras_optsuite.tuning._memory import releasing_custom_gradients
 from keras_optsuite.tuning.hypermodel import OptimizerHyperModel
 from keras_optsuite.tuning.pruning import MedianPruning
 from keras_optsuite.tuning.space import (
@@ -34,4 +37,5 @@ __all__ = [
     "get_family",
     "optimizer_space",
     "regularization_space",
+    "releasing_custom_gradients",
 ]

@@ -25,7 +25,7 @@ import numpy as np
 from keras_tuner.src.engine import trial as trial_module
 
 from keras_optsuite._validation import check_positive_int
-from keras_optsuite.tuning import _report
+from keras_optsuite.tuning import _memory, _report
 from keras_optsuite.tuning.pruning import MedianPruning
 from keras_optsuite.tuning.space import OPTIMIZER
 
@@ -403,7 +403,9 @@ class _TrackedTuner:
         if self._pruning is not None:
             callbacks.append(_EpochReporter(self, trial_id))
         try:
-            with tracking:
+            # TensorFlow keeps every traced train step alive through its gradient registry
+            # (keras-tuner#873); what this trial registered goes when it ends.
+            with _memory.releasing_custom_gradients(), tracking:
                 results = super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
             if trial_id in self._pruned_at and isinstance(results, keras.callbacks.History):
                 # A pruned trial is reported with its last epoch's values (as Optuna does), not its best.
