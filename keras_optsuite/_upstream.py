@@ -211,6 +211,32 @@ def patch_status(name: str) -> str | None:
     return None if entry is None else entry[0]
 
 
+# -- TensorFlow's gradient registry ---------------------------------------------------
+GRADIENT_REGISTRY_RELEASE = "custom_gradient_release"
+
+
+def gradient_registry() -> dict | None:
+    """TensorFlow's process-wide gradient registry (name -> entry), or None if this TensorFlow has none we know.
+
+    ``keras_optsuite.tuning`` removes the ``tf.custom_gradient`` entries a
+    finished trial registered (they keep its traced graph alive:
+    tensorflow/tensorflow#97697); without the registry it cannot, and
+    :func:`diagnose` says so.
+    """
+    try:
+        from tensorflow.python.framework import ops
+    except ImportError:  # pragma: no cover - another backend: nothing registered
+        return None
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else None
+
+
+def _gradient_registry_status() -> str:
+    if gradient_registry() is not None:
+        return APPLIED
+    return "off: tensorflow.python.framework.ops._gradient_registry._registry not found (memory grows per trial)"
+
+
 def diagnose(*, print_report: bool = True) -> dict[str, str]:
     """Which Keras patches are active, and why the others are not.
 
@@ -227,6 +253,7 @@ def diagnose(*, print_report: bool = True) -> dict[str, str]:
     'applied'
     """
     statuses = {name: status for name, (status, _) in sorted(_statuses.items())}
+    statuses[GRADIENT_REGISTRY_RELEASE] = _gradient_registry_status()
     if print_report:
         print(f"Keras {keras.__version__}, backend {keras.backend.backend()!r}")
         print("Patches of upstream Keras code (each checks the version range and the upstream source):")
@@ -237,4 +264,8 @@ def diagnose(*, print_report: bool = True) -> dict[str, str]:
         print("Private Keras methods overridden (each checked present on import):")
         for owner, attribute, user in PRIVATE_HOOKS:
             print(f"  {owner.__name__}.{attribute}: {user}")
+        print("Private TensorFlow state used:")
+        print(f"  {GRADIENT_REGISTRY_RELEASE}: {statuses[GRADIENT_REGISTRY_RELEASE]}")
+        print("    the tuners remove the tf.custom_gradient entries each trial registered "
+              "(tensorflow/tensorflow#97697: they keep the trial's traced graph alive)")
     return statuses

@@ -125,6 +125,17 @@ def test_diagnose_lists_every_patch_and_private_hook(capsys):
     for owner, attribute, _ in _upstream.PRIVATE_HOOKS:
         assert hasattr(owner, attribute)
         assert f"{owner.__name__}.{attribute}:" in report
+    assert statuses[_upstream.GRADIENT_REGISTRY_RELEASE] == APPLIED
+    assert f"{_upstream.GRADIENT_REGISTRY_RELEASE}: {APPLIED}" in report
+
+
+def test_diagnose_says_when_the_gradient_registry_is_gone(monkeypatch):
+    from tensorflow.python.framework import ops
+
+    monkeypatch.setattr(ops, "_gradient_registry", None)
+    status = keras_optsuite.diagnose(print_report=False)[_upstream.GRADIENT_REGISTRY_RELEASE]
+
+    assert status.startswith("off:") and "_gradient_registry" in status
 
 
 @pytest.mark.slow

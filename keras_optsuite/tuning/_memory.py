@@ -25,23 +25,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from keras_optsuite._upstream import gradient_registry
+
 #: The prefix of the names ``tf.custom_gradient`` registers (``custom_gradient.generate_name``).
 CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
 
 
-def _gradient_functions() -> dict | None:
-    """TensorFlow's gradient registry (name -> entry), or None if this TensorFlow has none we know."""
-    try:
-        from tensorflow.python.framework import ops
-    except ImportError:  # pragma: no cover - another backend: nothing registered
-        return None
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    return registry if isinstance(registry, dict) else None
-
-
 def custom_gradient_names() -> set[str]:
     """The names of the ``tf.custom_gradient`` functions registered now."""
-    registry = _gradient_functions()
+    registry = gradient_registry()
     return {name for name in registry if name.startswith(CUSTOM_GRADIENT_PREFIX)} if registry else set()
 
 
@@ -68,7 +60,7 @@ def releasing_custom_gradients() -> Iterator[None]:
     try:
         yield
     finally:
-        registry = _gradient_functions()
+        registry = gradient_registry()
         if registry is not None:
             for name in custom_gradient_names() - before:
                 registry.pop(name, None)
