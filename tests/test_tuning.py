@@ -115,6 +115,18 @@ def test_no_trained_model_optimizer_or_traced_train_step_outlives_its_search(ran
 
 
 @pytest.mark.slow
+def test_reloading_a_search_says_so_on_stderr_and_keeps_stdout_for_results(random_search, capsys):
+    tuner, _ = random_search
+    reloaded = RandomSearch(tuner.hypermodel, objective="val_loss", max_trials=TRIALS, seed=3,
+                            directory=tuner.directory, project_name="random", experiment="tuning-random",
+                            tracking_uri=tuner.tracking_uri, run_name="digits-search")
+    out, err = capsys.readouterr()
+
+    assert len(reloaded.oracle.trials) == len(tuner.oracle.trials) == TRIALS
+    assert "Reloading Tuner from" in err and "Reloading" not in out
+
+
+@pytest.mark.slow
 def test_random_search_is_one_parent_run_with_one_child_per_trial(random_search, tmp_path):
     tuner, client = random_search
     parent = client.get_run(tuner.parent_run_id)

@@ -9,10 +9,12 @@ its tuners and oracles and change only what is said here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -194,6 +196,20 @@ class _EpochReporter(keras.callbacks.Callback):
 
 class _TrackedTuner:
     """In front of a Keras Tuner tuner: the MLflow parent run and one child run per trial."""
+
+    def _start(self, oracle_class: type, hypermodel: Any, tuner_kwargs: dict[str, Any],
+               tracking: tuple[str, str | None, str | None], budgets: dict[str, Any], **oracle_arguments: Any) -> None:
+        """What every tracked tuner's constructor does once its own arguments are checked.
+
+        Checks the budgets, sets up tracking, builds the oracle and starts
+        Keras Tuner. Its "Reloading Tuner from ..." line goes to stderr:
+        resuming is progress, and stdout carries a command's results.
+        """
+        _check_budget(executions_per_trial=tuner_kwargs.get("executions_per_trial"), **budgets)
+        self._init_tracking(*tracking, oracle_arguments.get("pruning"))
+        oracle = oracle_class(**oracle_arguments)
+        with contextlib.redirect_stdout(sys.stderr):
+            keras_tuner.Tuner.__init__(self, oracle, hypermodel, **tuner_kwargs)
 
     def _init_tracking(self, experiment: str, tracking_uri: str | None, run_name: str | None,
                        pruning: MedianPruning | None = None) -> None:
@@ -630,17 +646,15 @@ class RandomSearch(_TrackedTuner, keras_tuner.RandomSearch):
                  experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
                  run_name: str | None = None, pruning: MedianPruning | None = None, defaults_first: bool = True,
                  **kwargs: Any) -> None:
-        _check_budget(max_trials=max_trials, max_consecutive_failed_trials=max_consecutive_failed_trials,
-                      executions_per_trial=kwargs.get("executions_per_trial"))
-        self._init_tracking(experiment, tracking_uri, run_name, pruning)
-        oracle = RandomSearchOracle(
+        self._start(
+            RandomSearchOracle, hypermodel, kwargs, (experiment, tracking_uri, run_name),
+            {"max_trials": max_trials, "max_consecutive_failed_trials": max_consecutive_failed_trials},
             objective=objective, max_trials=max_trials, seed=seed, hyperparameters=hyperparameters,
             tune_new_entries=tune_new_entries, allow_new_entries=allow_new_entries,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             pruning=pruning, defaults_first=defaults_first,
         )
-        keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
 
 
 class BayesianOptimization(_TrackedTuner, keras_tuner.BayesianOptimization):
@@ -664,18 +678,16 @@ class BayesianOptimization(_TrackedTuner, keras_tuner.BayesianOptimization):
                  max_consecutive_failed_trials: int = 3, *, experiment: str = DEFAULT_EXPERIMENT,
                  tracking_uri: str | None = None, run_name: str | None = None,
                  pruning: MedianPruning | None = None, defaults_first: bool = True, **kwargs: Any) -> None:
-        _check_budget(max_trials=max_trials, num_initial_points=num_initial_points,
-                      max_consecutive_failed_trials=max_consecutive_failed_trials,
-                      executions_per_trial=kwargs.get("executions_per_trial"))
-        self._init_tracking(experiment, tracking_uri, run_name, pruning)
-        oracle = BayesianOptimizationOracle(
+        self._start(
+            BayesianOptimizationOracle, hypermodel, kwargs, (experiment, tracking_uri, run_name),
+            {"max_trials": max_trials, "num_initial_points": num_initial_points,
+             "max_consecutive_failed_trials": max_consecutive_failed_trials},
             objective=objective, max_trials=max_trials, num_initial_points=num_initial_points, alpha=alpha,
             beta=beta, seed=seed, hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
             allow_new_entries=allow_new_entries, max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             pruning=pruning, defaults_first=defaults_first,
         )
-        keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
 
 
 class GridSearch(_TrackedTuner, keras_tuner.GridSearch):
@@ -697,17 +709,15 @@ class GridSearch(_TrackedTuner, keras_tuner.GridSearch):
                  max_consecutive_failed_trials: int = 3, *, experiment: str = DEFAULT_EXPERIMENT,
                  tracking_uri: str | None = None, run_name: str | None = None,
                  pruning: MedianPruning | None = None, **kwargs: Any) -> None:
-        _check_budget(max_trials=max_trials, max_consecutive_failed_trials=max_consecutive_failed_trials,
-                      executions_per_trial=kwargs.get("executions_per_trial"))
-        self._init_tracking(experiment, tracking_uri, run_name, pruning)
-        oracle = GridSearchOracle(
+        self._start(
+            GridSearchOracle, hypermodel, kwargs, (experiment, tracking_uri, run_name),
+            {"max_trials": max_trials, "max_consecutive_failed_trials": max_consecutive_failed_trials},
             objective=objective, max_trials=max_trials, seed=seed, hyperparameters=hyperparameters,
             tune_new_entries=tune_new_entries, allow_new_entries=allow_new_entries,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             pruning=pruning, defaults_first=False,
         )
-        keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
 
 
 class Hyperband(_TrackedTuner, keras_tuner.Hyperband):
@@ -734,13 +744,12 @@ class Hyperband(_TrackedTuner, keras_tuner.Hyperband):
                  tune_new_entries: bool = True, allow_new_entries: bool = True, max_retries_per_trial: int = 0,
                  max_consecutive_failed_trials: int = 3, *, experiment: str = DEFAULT_EXPERIMENT,
                  tracking_uri: str | None = None, run_name: str | None = None, **kwargs: Any) -> None:
-        _check_budget(max_epochs=max_epochs, hyperband_iterations=hyperband_iterations,
-                      max_consecutive_failed_trials=max_consecutive_failed_trials,
-                      executions_per_trial=kwargs.get("executions_per_trial"))
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError(f"factor must be an integer >= 2, got factor={factor!r}")
-        self._init_tracking(experiment, tracking_uri, run_name)
-        oracle = HyperbandOracle(
+        self._start(
+            HyperbandOracle, hypermodel, kwargs, (experiment, tracking_uri, run_name),
+            {"max_epochs": max_epochs, "hyperband_iterations": hyperband_iterations,
+             "max_consecutive_failed_trials": max_consecutive_failed_trials},
             objective=objective, max_epochs=max_epochs, factor=factor,
             hyperband_iterations=hyperband_iterations, seed=seed, hyperparameters=hyperparameters,
             tune_new_entries=tune_new_entries, allow_new_entries=allow_new_entries,
@@ -748,4 +757,3 @@ class Hyperband(_TrackedTuner, keras_tuner.Hyperband):
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             pruning=None, defaults_first=False,
         )
-        keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
