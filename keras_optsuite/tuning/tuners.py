@@ -101,6 +101,7 @@ class _OracleExtras:
         at_epoch = [self.epoch_values[tid][str(epoch)] for tid in completed
                     if str(epoch) in self.epoch_values.get(tid, {})]
         so_far = [v for e, v in self.epoch_values[trial_id].items() if int(e) <= epoch]
+        assert self.pruning is not None  # only asked when pruning is on
         return self.pruning.should_prune(epoch, so_far, at_epoch, self.objective.direction, len(completed))
 
     def get_state(self) -> dict[str, Any]:
@@ -182,7 +183,8 @@ class _EpochReporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         name = self.tuner.oracle.objective.name
-        if name not in (logs or {}):
+        logs = logs or {}
+        if name not in logs:
             return
         reply = self.tuner.oracle.update_trial(
             self.trial_id, {name: float(logs[name]), EPOCH_REPORT: 1.0}, step=epoch
@@ -583,18 +585,18 @@ class _TrackedTuner:
         from keras_optsuite.callbacks._logged_model import input_example, log_keras_model
 
         best = self.oracle.get_best_trials(1)
-        if not best or best[0].status != trial_module.TrialStatus.COMPLETED:
+        parent, experiment_id = self.parent_run_id, self._experiment_id
+        if not best or best[0].status != trial_module.TrialStatus.COMPLETED or parent is None or experiment_id is None:
             return
         try:
             model = self.load_model(best[0])
             example = input_example(model)
             if example is None:
                 return
-            model_id = log_keras_model(self._client, self.parent_run_id, self._experiment_id, model, "best",
-                                       example, step=0)
-            self._client.set_tag(self.parent_run_id, TAG + "best_model_id", model_id)
+            model_id = log_keras_model(self._client, parent, experiment_id, model, "best", example, step=0)
+            self._client.set_tag(parent, TAG + "best_model_id", model_id)
         except Exception as error:  # noqa: BLE001 - the search's record stays; say what failed
-            self._log_text(self.parent_run_id, "best_model_error.txt", traceback.format_exc())
+            self._log_text(parent, "best_model_error.txt", traceback.format_exc())
             print(f"keras_optsuite.tuning: could not log the best model: {error!r}")
 
 
