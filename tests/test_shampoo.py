@@ -30,16 +30,13 @@ def _gram(block, axis):
 
 
 def _state(optimizer, variable):
-    index = optimizer._get_variable_index(variable)
-    return (
-        [s.numpy() for s in optimizer._statistics[index]],
-        [r.numpy() for r in optimizer._roots[index]],
-    )
+    """Per block (row-major) and axis: the statistics and the roots."""
+    return optimizer.factor_matrices(variable, "statistic"), optimizer.factor_matrices(variable, "root")
 
 
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 1e-5)])
 def test_blocked_factors_and_inverse_roots_match_an_independent_computation(dtype, rtol):
-    """A 3-D tensor cut into blocks: each block's factors and roots.
+    """A 3-D tensor cut into blocks: each block's factors and roots (``root_method="eigh"``).
 
     float32 tolerance: the factors are summed in float32 (relative error
     ~1e-7 each) and float32 eigh perturbs eigenvalues by ~1e-7 lambda_max:
@@ -52,7 +49,7 @@ def test_blocked_factors_and_inverse_roots_match_an_independent_computation(dtyp
     variable = keras.Variable(np.zeros(shape), dtype=dtype)
     optimizer = Shampoo(
         learning_rate=0.0625, statistics_decay=decay, matrix_epsilon=epsilon,
-        block_size=block_size, start_preconditioning_step=1, precondition_frequency=3,
+        block_size=block_size, start_preconditioning_step=1, precondition_frequency=3, root_method="eigh",
     )
     for g in gradients:
         optimizer.apply([tf.constant(g, dtype)], [variable])
@@ -91,7 +88,7 @@ def test_step_is_the_kronecker_preconditioned_gradient():
     lr = 0.25
     optimizer = Shampoo(
         learning_rate=lr, beta_1=0.0, statistics_decay=1.0, grafting=None,
-        start_preconditioning_step=1, precondition_frequency=1,
+        start_preconditioning_step=1, precondition_frequency=1, root_method="eigh",
     )
     for g in gradients[:-1]:
         optimizer.apply([tf.constant(g)], [variable])

@@ -51,7 +51,7 @@ def test_bases_converge_to_the_eigenvectors_of_the_factors():
     for _ in range(40):
         optimizer.apply([tf.constant(gradient)], [variable])
     (left, right), (q_left, q_right) = (
-        [f.numpy() for f in optimizer._statistics[0]], [q.numpy() for q in optimizer._bases[0]]
+        optimizer.factor_matrices(variable, "statistic"), optimizer.factor_matrices(variable, "basis")
     )
     for factor, basis in ((left, q_left), (right, q_right)):
         np.testing.assert_allclose(basis.T @ basis, np.eye(len(basis)), atol=1e-12)
@@ -71,9 +71,9 @@ def test_memory_layout_matches_the_documented_cost():
     optimizer.build([kernel, wide, bias])
 
     def factors(variable):
-        index = optimizer._get_variable_index(variable)
-        matrices = optimizer._statistics[index] + optimizer._bases[index]
-        return sum(int(np.prod(m.shape)) for m in matrices), [tuple(s.shape) for s in optimizer._statistics[index]]
+        statistics = optimizer.factor_matrices(variable, "statistic")
+        matrices = statistics + optimizer.factor_matrices(variable, "basis")
+        return sum(int(np.prod(m.shape)) for m in matrices), [tuple(s.shape) for s in statistics]
 
     kernel_floats, kernel_shapes = factors(kernel)
     assert kernel_shapes == [(4, 4), (4, 4), (2, 2), (4, 4)]  # blocks (4, 4) and (2, 4)
@@ -156,5 +156,5 @@ def test_paper_exact_first_call_only_initialises():
     optimizer.apply([tf.constant(np.arange(6.0).reshape(3, 2))], [variable])
     np.testing.assert_array_equal(variable.numpy(), np.ones((3, 2)))
     assert all(not np.any(s.numpy()) for s in optimizer._slots["momentum"] + optimizer._slots["velocity"])
-    left = optimizer._bases[0][0].numpy()
+    left = optimizer.factor_matrices(variable, "basis")[0]
     np.testing.assert_allclose(left.T @ left, np.eye(3), atol=1e-12)
