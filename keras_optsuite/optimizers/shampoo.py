@@ -19,7 +19,7 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive_int,
 )
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, dense_gradient, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size, dense_gradient
 
 _GRAFTING = ("adam", "adagrad", "sgd")
 _ROOT_METHODS = ("newton", "eigh")
@@ -29,7 +29,7 @@ _PAPER_EXACT = {"grafting": None, "beta_1": 0.0, "statistics_decay": 1.0,
                 "statistics_compute_steps": 1}
 _PAPER_EXACT_DEFAULTS = {"grafting": "adam", "beta_1": 0.9, "statistics_decay": 0.999,
                          "precondition_frequency": 10, "start_preconditioning_step": 10,
-                         "root_method": "newton", "statistics_compute_steps": 1}
+                         "root_method": "eigh", "statistics_compute_steps": 1}
 
 # Coupled Newton iteration (Anil et al. 2020's Distributed Shampoo): at most this
 # many iterations; it stops once max|M - I| <= the tolerance of the dtype, or when
@@ -90,16 +90,22 @@ def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float,
 def largest_eigenvalue(statistic: Any, iterations: int = POWER_ITERATIONS) -> Any:
     """Power-iteration estimate of ``lambda_max`` of symmetric PSD matrices ``(..., n, n)``: ``(..., 1, 1)``.
 
-    Starts from ``x_i = 2 + cos(i)`` (fixed, so runs are reproducible) and
-    returns the Rayleigh quotient ``x^T L x`` of the last unit iterate
-    (at most ``lambda_max``; 0 for the zero matrix).
+    ``iterations`` power iterations with ``(L / ||L||_F)^4`` (two matrix
+    squarings: as many as ``4 * iterations`` with ``L``) from
+    ``x_i = 2 + cos(i)`` (fixed, so runs are reproducible); returns the
+    Rayleigh quotient ``x^T L x`` of the last unit iterate (at most
+    ``lambda_max``; 0 for the zero matrix).
     """
     n = statistic.shape[-1]
+    norm = tf.norm(statistic, ord="fro", axis=[-2, -1], keepdims=True)
+    scaled = tf.math.divide_no_nan(statistic, norm)
+    square = tf.matmul(scaled, scaled)
+    fourth = tf.matmul(square, square)
     start = 2.0 + tf.cos(tf.range(n, dtype=statistic.dtype))
     vector = tf.broadcast_to(start[:, None], tf.concat([tf.shape(statistic)[:-1], [1]], 0))
     vector = tf.math.l2_normalize(vector, axis=-2)
     for _ in range(iterations):
-        vector = tf.math.l2_normalize(tf.matmul(statistic, vector), axis=-2)
+        vector = tf.math.l2_normalize(tf.matmul(fourth, vector), axis=-2)
     return tf.matmul(vector, tf.matmul(statistic, vector), transpose_a=True)
 
 
@@ -622,7 +628,7 @@ class Shampoo(KroneckerFactoredOptimizer):
         max_preconditioner_dim: int = 8192,
         exponent_override: int | None = None,
         grafting: str | None = "adam",
-        root_method: str = "newton",
+        root_method: str = "eigh",
         statistics_compute_steps: int = 1,
         paper_exact: bool = False,
         name: str = "shampoo",
@@ -669,16 +675,19 @@ class Shampoo(KroneckerFactoredOptimizer):
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "grafting_moment") if self.grafting in ("adam", "adagrad") else ("momentum",)
 
-    def _grafting_direction(self, gradient: Any, variable: Any, t: Any) -> Any:
+    def _grafting_direction(self, gradient: Any, variable: Any, t: Any) -> tuple[Any, Any]:
+        """``(direction, scale)`` with the grafting step ``D = scale * direction`` (``scale`` a scalar)."""
+        one = ops.ones_like(t)
         if self.grafting in (None, "sgd"):
-            return gradient
+            return gradient, one
         moment = self._slot("grafting_moment", variable)
         if self.grafting == "adagrad":
             self.assign_add(moment, ops.square(gradient))
-            return gradient / (ops.sqrt(moment) + self.epsilon)
-        self.assign(moment, self.beta_2 * moment + (1.0 - self.beta_2) * ops.square(gradient))
-        corrected = moment / (1.0 - power(self.beta_2, t))
-        return gradient / (ops.sqrt(corrected) + self.epsilon)
+            return gradient / (ops.sqrt(moment) + self.epsilon), one
+        self.assign_add(moment, (ops.square(gradient) - moment) * (1.0 - self.beta_2))
+        # g / (sqrt(v / (1 - beta_2^t)) + epsilon), with the correction folded into scalars.
+        scale, epsilon = adam_step_size(one, 0.0, self.beta_2, self.epsilon, t)
+        return gradient / (ops.sqrt(moment) + epsilon), scale
 
     def _preconditioned(self, gradient: Any, index: int, t: Any) -> Any:
         """Update the factors, refresh the roots when due, and return ``P``."""
@@ -711,17 +720,21 @@ class Shampoo(KroneckerFactoredOptimizer):
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         """The change ``lr * m`` of the variable (updates every state)."""
         index = self._get_variable_index(variable)
-        direction = self._grafting_direction(gradient, variable, t)
+        direction, scale = self._grafting_direction(gradient, variable, t)
+        # (1 - beta_1) U, with every scalar factor applied in one pass.
         if self._layouts[index].preconditioned:
             preconditioned = self._preconditioned(gradient, index, t)
+            ratio = ops.ones_like(t)
             if self.grafting is not None:
-                preconditioned_norm = tf.norm(preconditioned)
-                ratio = tf.math.divide_no_nan(tf.norm(direction), preconditioned_norm)
-                preconditioned = preconditioned * ratio
-            active = t >= float(self.start_preconditioning_step)
-            update = tf.where(active, preconditioned, direction)
+                ratio = tf.math.divide_no_nan(scale * tf.norm(direction), tf.norm(preconditioned))
+            update = tf.cond(t >= float(self.start_preconditioning_step),
+                             lambda: ((1.0 - self.beta_1) * ratio) * preconditioned,
+                             lambda: ((1.0 - self.beta_1) * scale) * direction)
         else:
-            update = direction
+            update = ((1.0 - self.beta_1) * scale) * direction
         momentum = self._slot("momentum", variable)
-        self.assign(momentum, self.beta_1 * momentum + (1.0 - self.beta_1) * update)
+        if self.beta_1 == 0.0:
+            self.assign(momentum, update)
+        else:
+            self.assign_add(momentum, update - (1.0 - self.beta_1) * momentum)
         return learning_rate * momentum

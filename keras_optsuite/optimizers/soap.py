@@ -16,7 +16,7 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive_int,
 )
-from keras_optsuite.optimizers._base import power
+from keras_optsuite.optimizers._base import adam_step_size, power
 from keras_optsuite.optimizers.shampoo import KroneckerFactoredOptimizer, _block_mode_product
 
 
@@ -247,17 +247,17 @@ class SOAP(KroneckerFactoredOptimizer):
             rotated_gradient = gradient
         # m' = Q^T m Q directly: m = beta_1 m + (1 - beta_1) g is linear and the
         # bases only change at refreshes, which carry m' into the new bases.
-        self.assign(momentum, self.beta_1 * momentum + (1.0 - self.beta_1) * rotated_gradient)
-        self.assign(velocity, self.beta_2 * velocity + (1.0 - self.beta_2) * ops.square(rotated_gradient))
-        second = tf.convert_to_tensor(velocity) / (1.0 - power(self.beta_2, t))
-        first = tf.convert_to_tensor(momentum) / (1.0 - power(self.beta_1, t))
-        direction = first / (ops.sqrt(second) + self.epsilon)
+        self.assign_add(momentum, (rotated_gradient - momentum) * (1.0 - self.beta_1))
+        self.assign_add(velocity, (ops.square(rotated_gradient) - velocity) * (1.0 - self.beta_2))
+        # (m' / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon), corrections folded into scalars.
+        step_size, epsilon = adam_step_size(learning_rate, self.beta_1, self.beta_2, self.epsilon, t)
+        direction = momentum / (ops.sqrt(velocity) + epsilon)
         if layout.preconditioned:
             direction = tf.identity(self._rotate(direction, index, bases, back=True))
             with tf.control_dependencies([direction]):
                 self._accumulate_statistics(blocks, index, self.shampoo_beta, t)
                 self._refresh_bases(index, t)
-        return learning_rate * direction
+        return step_size * direction
 
     def _authors_step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         """One call of the authors' ``step`` (``paper_exact``): the change of the variable."""

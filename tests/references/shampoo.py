@@ -102,7 +102,7 @@ def init_state(param, *, block_size=128, max_preconditioner_dim=8192, paper_exac
 def update(param, grad, state, t, learning_rate, *, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
            statistics_decay=0.999, matrix_epsilon=1e-3, precondition_frequency=10,
            start_preconditioning_step=10, block_size=128, max_preconditioner_dim=8192,
-           exponent_override=None, grafting="adam", root_method="newton", statistics_compute_steps=1,
+           exponent_override=None, grafting="adam", root_method="eigh", statistics_compute_steps=1,
            paper_exact=False):
     """Return the new parameter after step t (1-based). Mutates state."""
     if paper_exact:
