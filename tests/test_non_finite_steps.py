@@ -25,6 +25,9 @@ EVERY_STEP = {
     "Shampoo(grafting=None)": (
         Shampoo, {"start_preconditioning_step": 1, "precondition_frequency": 1, "grafting": None}
     ),
+    "Shampoo(root_method=newton)": (
+        Shampoo, {"start_preconditioning_step": 1, "precondition_frequency": 1, "root_method": "newton"}
+    ),
     "SOAP": (SOAP, {"precondition_frequency": 1}),
     "SOAP(paper_exact)": (SOAP, {"precondition_frequency": 1, "paper_exact": True}),
 }

@@ -158,3 +158,31 @@ def test_paper_exact_first_call_only_initialises():
     assert all(not np.any(s.numpy()) for s in optimizer._slots["momentum"] + optimizer._slots["velocity"])
     left = optimizer.factor_matrices(variable, "basis")[0]
     np.testing.assert_allclose(left.T @ left, np.eye(3), atol=1e-12)
+
+
+def test_statistics_every_kth_step_matches_the_reference():
+    """``statistics_compute_steps=3`` (factors from steps 1, 4, 7, ...) with blocks, 30 float64
+    steps at rtol 1e-9; the first moment kept in the rotated space and carried into each new
+    basis equals the reference's first moment kept in the original space."""
+    rng = np.random.default_rng(6)
+    shapes = [(7, 5), (4, 3, 5)]
+    hyper = dict(beta_1=0.875, beta_2=0.9375, shampoo_beta=0.75, precondition_frequency=2,
+                 block_size=3, statistics_compute_steps=3)
+    lr = 2.0**-5
+    params = [rng.normal(size=s) for s in shapes]
+    variables = [keras.Variable(p, dtype="float64") for p in params]
+    optimizer = SOAP(learning_rate=lr, **hyper)
+    reference = reference_for(soap_reference, lr, **hyper)
+    for _ in range(30):
+        grads = [p + 0.5 * rng.normal(size=p.shape) for p in params]
+        optimizer.apply([tf.constant(g) for g in grads], variables)
+        params = reference.step(params, grads)
+    for variable, expected in zip(variables, params):
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_statistics_compute_steps_is_validated_and_in_the_config():
+    for arguments in ({"statistics_compute_steps": 0}, {"paper_exact": True, "statistics_compute_steps": 2}):
+        with pytest.raises(ValueError, match="statistics_compute_steps"):
+            SOAP(**arguments)
+    assert SOAP(statistics_compute_steps=4).get_config()["statistics_compute_steps"] == 4
