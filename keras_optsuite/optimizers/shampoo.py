@@ -508,7 +508,10 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``L_i`` (``d_i x d_i``) of the gradient statistics:
     ``L_i = s L_i + (1 - s) G_(i) G_(i)^T`` with ``s = statistics_decay``
     (``s=1``: ``L_i += G_(i) G_(i)^T``, the sum of the original paper),
-    where ``G_(i)`` is the gradient unfolded along dimension ``i``. From
+    where ``G_(i)`` is the gradient unfolded along dimension ``i``,
+    accumulated at steps 1, ``1 + k``, ``1 + 2k``, ... with
+    ``k = statistics_compute_steps`` (every step by default; Distributed
+    Shampoo's ``statistics_compute_steps``). From
     step ``start_preconditioning_step`` on, every ``precondition_frequency``
     steps it stores
     ``R_i = (L_i + matrix_epsilon * lambda_max(L_i) I)^(-1/p)`` with
@@ -516,7 +519,19 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``exponent_override``) and preconditions ``P = G x_1 R_1 x_2 R_2 ...``
     (for a matrix: ``R_1 G R_2``). Dimensions larger than ``block_size`` are
     cut into blocks of ``block_size`` (the last one smaller); each block
-    has its own factors.
+    has its own factors, and the blocks of equal shape are processed as one
+    batch of matrix products.
+
+    Roots: ``root_method="eigh"`` computes ``R_i`` exactly by a symmetric
+    eigendecomposition; ``"newton"`` by the coupled Newton iteration of
+    Distributed Shampoo (Anil et al. 2020; Guo and Higham 2006), matrix
+    products only, with ``lambda_max`` estimated by power iteration (see
+    :func:`newton_inverse_pth_root`): it stops once ``max|M - I|`` is below
+    1e-5 (float32; 1e-12 in float64), so a root is within about
+    ``n 1e-5 / p`` relative of the exact root of its damped factor. It
+    starts cold, from ``z^(1/p) I``: a warm start from the previous root
+    is not valid for the coupled iteration, whose invariant
+    ``M = X^p A`` needs ``X`` to commute with the new factor.
 
     Grafting: the step has the direction of ``P`` and, per variable, the
     norm of the grafting optimizer's step ``D``: Adam
@@ -549,14 +564,21 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``d1 x d2`` kernel with ``d1, d2 <= block_size`` costs
     ``2 (d1^2 + d2^2) + 2 d1 d2``; a kernel cut into ``b x b`` blocks costs
     about ``4 d1 d2 + 2 d1 d2``, i.e. 6 floats per parameter (Adam: 2).
-    Compute: one eigendecomposition (``O(n^3)``) per factor every
-    ``precondition_frequency`` steps (factors of equal shape batched into
-    one call), and ``O(d1 d2 (d1 + d2))`` matrix products per step.
-    Measured with ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, 2 CPU
-    cores): a whole train step costs 4.3x Adam's. On CPU avoid
-    ``jit_compile=True`` (Keras's ``"auto"`` leaves it off there): XLA's
-    CPU eigensolver is ~50x slower than LAPACK's and the step costs ~120x
-    Adam's.
+    Compute per step, per ``b x b`` block of a 2-D variable: two block
+    matrix products for ``P`` and (on statistics steps) two for the
+    factors, ``8 b^3`` flops, i.e. ``4 b`` flops per parameter each for
+    ``P`` and the factors; a train step of a dense layer costs
+    ``6 * batch`` flops per parameter, so each adds about
+    ``(2/3) b / batch`` of a train step (0.67 at ``b = batch = 128``).
+    Every ``precondition_frequency`` steps, one root per factor (batched
+    per shape): an eigendecomposition, or about 12 coupled Newton
+    iterations of 4 matrix products each (``p = 4``), which on 2 CPU cores
+    cost about 3x LAPACK's ``eigh`` (hence the default ``"eigh"``); under
+    ``jit_compile=True``, where XLA's CPU eigensolver is ~50x slower than
+    LAPACK's, use ``root_method="newton"``. Measured with
+    ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, batch 128, 2 CPU
+    cores; see the README for the table against ``block_size``,
+    ``precondition_frequency`` and ``statistics_compute_steps``).
 
     Numerics: statistics and roots are in float64 for float64 variables and
     in float32 otherwise (float16 variables too). In float64 the roots
@@ -596,6 +618,11 @@ class Shampoo(KroneckerFactoredOptimizer):
             dimensions). Defaults to `None`.
         grafting: `"adam"`, `"adagrad"`, `"sgd"` or `None` (raw Shampoo
             step). Defaults to `"adam"`.
+        root_method: `"eigh"` (symmetric eigendecomposition, exact) or
+            `"newton"` (coupled Newton iteration, matrix products only:
+            faster on accelerators and under XLA). Defaults to `"eigh"`.
+        statistics_compute_steps: steps between updates of the factor
+            statistics, >= 1 (1: every step). Defaults to `1`.
         paper_exact: `True` runs Gupta et al. 2018's Algorithm 2 exactly:
             ``H_i = matrix_epsilon I + sum_t G_(i) G_(i)^T`` (absolute
             damping, added once), roots ``H_i^(-1/2k)`` recomputed every
@@ -605,7 +632,8 @@ class Shampoo(KroneckerFactoredOptimizer):
             (dimensions above ``max_preconditioner_dim`` and 0-D variables
             take the plain gradient step). It sets ``grafting=None``,
             ``beta_1=0``, ``statistics_decay=1``,
-            ``precondition_frequency=1`` and ``start_preconditioning_step=1``
+            ``precondition_frequency=1``, ``start_preconditioning_step=1``,
+            ``statistics_compute_steps=1`` and ``root_method="eigh"``
             (passing other values of these raises ``ValueError``) and needs
             ``matrix_epsilon > 0``. Defaults to `False`.
         {{base_optimizer_keyword_args}}

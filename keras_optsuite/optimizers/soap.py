@@ -68,13 +68,18 @@ class SOAP(KroneckerFactoredOptimizer):
     orthonormal basis ``Q_i`` of its eigenvectors. Step ``t``, with the
     bases of the previous step (identity before the first refresh):
 
-    - ``m = beta_1 m + (1 - beta_1) g`` (kept in the original space),
     - rotate: ``g' = g x_1 Q_1^T x_2 Q_2^T ...`` (a matrix: ``Q_L^T G Q_R``),
-      ``m'`` likewise,
+    - ``m' = beta_1 m' + (1 - beta_1) g'``: the paper's
+      ``m = beta_1 m + (1 - beta_1) g`` rotated like ``g`` (the rotation is
+      linear and the bases only change at refreshes, which carry ``m'``
+      into the new bases, ``m' <- m' x_i (Q_i,new^T Q_i,old)``; the paper
+      keeps ``m`` and rotates it every step),
     - ``v = beta_2 v + (1 - beta_2) g'^2`` (kept in the rotated space),
     - ``n' = (m' / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)``,
     - rotate back ``n = n' x_1 Q_1 x_2 Q_2 ...`` and ``w -= lr n``,
-    - then accumulate ``L_i`` with ``g`` and, at step 1 and every
+    - then accumulate ``L_i`` with ``g`` (at steps 1, ``1 + k``,
+      ``1 + 2k``, ... with ``k = statistics_compute_steps``; every step by
+      default) and, at step 1 and every
       ``precondition_frequency`` steps, refresh the bases by one power
       iteration from the previous basis (the identity at step 1):
       ``Q_i = QR((L_i + matrix_epsilon tr(L_i) I) Q_i)``, the paper's
@@ -101,13 +106,21 @@ class SOAP(KroneckerFactoredOptimizer):
     plus, per block and preconditioned dimension of size ``n``, ``2 n^2``
     (factor and basis). An unblocked ``d1 x d2`` kernel costs
     ``2 d1 d2 + 2 (d1^2 + d2^2)``; a kernel cut into ``b x b`` blocks costs
-    ``2 + 4 = 6`` floats per parameter (Adam: 2, Shampoo: 6). Compute: one QR decomposition
-    (``O(n^3)``) per factor every ``precondition_frequency`` steps, batched
-    over factors of equal shape, and three rotations
-    (``O(d1 d2 (d1 + d2))``) per step. Measured with
-    ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, 2 CPU cores, the
-    registry's tuned row: refresh every 2 steps): a whole train step costs
-    6.7x Adam's (Shampoo's tuned row: 4.4x).
+    ``2 + 4 = 6`` floats per parameter (Adam: 2, Shampoo: 6).
+
+    Compute per step, per ``b x b`` block of a 2-D variable (blocks of equal
+    shape batched): four block matrix products (``g`` into the bases, ``n``
+    back), ``8 b^3`` flops or ``8 b`` per parameter, which Adam does not
+    do; plus two for the factors on statistics steps. A train step of a
+    dense layer costs ``6 * batch`` flops per parameter, so the rotations
+    alone add about ``(4/3) b / batch`` of a train step (1.33 at
+    ``b = batch = 128``) and the factors ``(2/3) b / batch`` divided by
+    ``statistics_compute_steps``. Every ``precondition_frequency`` steps
+    and at step 1: one power iteration and QR decomposition (``O(n^3)``)
+    per factor and the carry of ``m'`` (two block products). Measured with
+    ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, batch 128, 2 CPU
+    cores; see the README for the table against ``block_size``,
+    ``precondition_frequency`` and ``statistics_compute_steps``).
 
     Numerics: factors and bases are float64 for float64 variables and
     float32 otherwise (float16 variables too). A refresh that finds a NaN
@@ -132,6 +145,8 @@ class SOAP(KroneckerFactoredOptimizer):
             Defaults to `128`.
         max_preconditioner_dim: dimensions larger than this keep the
             identity basis and are not blocked, >= 1. Defaults to `8192`.
+        statistics_compute_steps: steps between updates of the factors,
+            >= 1 (1: every step). Defaults to `1`.
         paper_exact: `True` runs the SOAP authors' code
             (github.com/nikhilvyas/SOAP, the release of the paper) exactly:
             the first call only accumulates the factors and sets the bases
@@ -144,8 +159,9 @@ class SOAP(KroneckerFactoredOptimizer):
             ``precondition_frequency``, sorts each basis by its estimated
             eigenvalues ``diag(Q^T L Q)`` (permuting ``v`` alike) and runs
             one unshifted power iteration ``Q = QR(L Q)``. No blocks
-            (``block_size`` is not used). It sets ``matrix_epsilon=0``
-            (other values raise ``ValueError``). ``weight_decay`` stays
+            (``block_size`` is not used). It sets ``matrix_epsilon=0`` and
+            ``statistics_compute_steps=1`` (other values raise
+            ``ValueError``). ``weight_decay`` stays
             Keras's decoupled decay before the step (the authors decay
             after it). Defaults to `False`.
         {{base_optimizer_keyword_args}}
