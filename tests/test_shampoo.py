@@ -253,22 +253,15 @@ def test_newton_roots_and_sparse_statistics_match_the_reference(hyper):
     """30 float64 steps of blocked order-2 and order-3 variables against ``references/shampoo.py``
     (whose Newton path is ``references/coupled_newton.py``) at rtol 1e-9."""
     from references import shampoo as shampoo_reference
-    from references._harness import reference_for
+    from references._harness import reference_for, run_beside
 
-    rng = np.random.default_rng(4)
-    shapes = [(7, 5), (4, 3, 5), (6,)]
     hyper = dict(hyper, block_size=3, start_preconditioning_step=2, precondition_frequency=4)
     lr = 2.0**-6
-    params = [rng.normal(size=s) for s in shapes]
-    variables = [keras.Variable(p, dtype="float64") for p in params]
     optimizer = Shampoo(learning_rate=lr, **hyper)
-    reference = reference_for(shampoo_reference, lr, **hyper)
-    for _ in range(30):
-        grads = [p + 0.5 * rng.normal(size=p.shape) for p in params]
-        optimizer.apply([tf.constant(g) for g in grads], variables)
-        params = reference.step(params, grads)
-    for variable, expected in zip(variables, params):
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-9, atol=1e-12)
+    weights, params = run_beside(optimizer, reference_for(shampoo_reference, lr, **hyper),
+                                 [(7, 5), (4, 3, 5), (6,)], seed=4)
+    for actual, expected in zip(weights, params):
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
     assert optimizer.skipped_refreshes == 0
 
 

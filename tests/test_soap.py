@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from references import conditioned_quadratic
 from references import soap as soap_reference
-from references._harness import reference_for
+from references._harness import reference_for, run_beside
 
 from keras_optsuite.optimizers import SOAP
 
@@ -22,21 +22,13 @@ from keras_optsuite.optimizers import SOAP
 def test_order_3_tensor_with_blocks_and_an_unpreconditioned_dimension_matches_the_reference():
     """(4, 3, 5) with block_size 3 and max_preconditioner_dim 4: dim 0 is cut
     into blocks 3 + 1, dim 5 keeps the identity basis; 30 steps in float64 at rtol 1e-9."""
-    rng = np.random.default_rng(0)
-    shapes = [(4, 3, 5), (4, 3)]
     hyper = dict(beta_1=0.875, beta_2=0.9375, shampoo_beta=0.75, precondition_frequency=3,
                  block_size=3, max_preconditioner_dim=4)
     lr = 2.0**-5
-    params = [rng.normal(size=s) for s in shapes]
-    variables = [keras.Variable(p, dtype="float64") for p in params]
-    optimizer = SOAP(learning_rate=lr, **hyper)
-    reference = reference_for(soap_reference, lr, **hyper)
-    for _ in range(30):
-        grads = [p + 0.5 * rng.normal(size=p.shape) for p in params]  # gradient of |w|^2 / 2, noisy
-        optimizer.apply([tf.constant(g) for g in grads], variables)
-        params = reference.step(params, grads)
-    for variable, expected in zip(variables, params):
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-9, atol=1e-12)
+    weights, params = run_beside(SOAP(learning_rate=lr, **hyper), reference_for(soap_reference, lr, **hyper),
+                                 [(4, 3, 5), (4, 3)], seed=0)
+    for actual, expected in zip(weights, params):
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
     assert not np.allclose(params[0], 0.0)
 
 
@@ -164,21 +156,13 @@ def test_statistics_every_kth_step_matches_the_reference():
     """``statistics_compute_steps=3`` (factors from steps 1, 4, 7, ...) with blocks, 30 float64
     steps at rtol 1e-9; the first moment kept in the rotated space and carried into each new
     basis equals the reference's first moment kept in the original space."""
-    rng = np.random.default_rng(6)
-    shapes = [(7, 5), (4, 3, 5)]
     hyper = dict(beta_1=0.875, beta_2=0.9375, shampoo_beta=0.75, precondition_frequency=2,
                  block_size=3, statistics_compute_steps=3)
     lr = 2.0**-5
-    params = [rng.normal(size=s) for s in shapes]
-    variables = [keras.Variable(p, dtype="float64") for p in params]
-    optimizer = SOAP(learning_rate=lr, **hyper)
-    reference = reference_for(soap_reference, lr, **hyper)
-    for _ in range(30):
-        grads = [p + 0.5 * rng.normal(size=p.shape) for p in params]
-        optimizer.apply([tf.constant(g) for g in grads], variables)
-        params = reference.step(params, grads)
-    for variable, expected in zip(variables, params):
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-9, atol=1e-12)
+    weights, params = run_beside(SOAP(learning_rate=lr, **hyper), reference_for(soap_reference, lr, **hyper),
+                                 [(7, 5), (4, 3, 5)], seed=6)
+    for actual, expected in zip(weights, params):
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_statistics_compute_steps_is_validated_and_in_the_config():
