@@ -15,7 +15,8 @@ with its ratio to Adam measured in the same process.
 
 ``--sweep`` times Shampoo and SOAP instead, each with its defaults and with
 one argument changed at a time (``block_size``, ``precondition_frequency``,
-``statistics_compute_steps``, Shampoo's ``root_method``); use ``--steps``
+``statistics_compute_steps``, Shampoo's ``root_method``) and with refreshes
+and statistics both amortized (every 100 and 10 steps); use ``--steps``
 a multiple of the largest frequency (100) so each run holds whole refresh
 periods. ``--cpu-time`` times the process's CPU time instead of wall time
 (less sensitive to other processes on a shared machine).
@@ -57,19 +58,19 @@ def candidates(only: list[str] | None) -> dict:
     return found
 
 
-# One argument changed at a time from the defaults (--sweep).
+# Changes from the defaults (--sweep): one argument at a time, then refreshes and statistics
+# both amortized.
 SWEEP = (
-    [("block_size", b) for b in (32, 64, 256)]
-    + [("precondition_frequency", f) for f in (1, 100)]
-    + [("statistics_compute_steps", k) for k in (10,)]
+    [{"block_size": b} for b in (32, 64, 256)]
+    + [{"precondition_frequency": f} for f in (1, 100)]
+    + [{"statistics_compute_steps": 10}, {"precondition_frequency": 100, "statistics_compute_steps": 10}]
 )
 
 
 def sweep_candidates() -> dict:
-    """``{name: optimizer factory}``: Adam, Shampoo and SOAP at their defaults and :data:`SWEEP`'s changes."""
+    """``{name: optimizer factory}``: Adam, Shampoo and SOAP at their defaults and with :data:`SWEEP`'s changes."""
     found: dict = {"keras.Adam": keras.optimizers.Adam}
-    settings = [(cls, {}) for cls in (Shampoo, SOAP)]
-    settings += [(cls, {name: value}) for cls in (Shampoo, SOAP) for name, value in SWEEP]
+    settings = [(cls, changed) for cls in (Shampoo, SOAP) for changed in [{}, *SWEEP]]
     settings += [(Shampoo, {"root_method": "newton"})]
     for cls, changed in settings:
         label = ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "defaults"

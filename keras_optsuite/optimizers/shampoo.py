@@ -137,7 +137,7 @@ def newton_inverse_pth_root(statistic: Any, exponent: int, matrix_epsilon: float
     than :data:`NEWTON_GROWTH` (whose ``X`` is then discarded). The zero
     matrix gives the identity. The eigenvalues of ``M`` start in
     ``(0, (p + 1) / 2]``, where the iteration converges; the stopping error
-    bounds the result's relative error by about ``tolerance / p``.
+    bounds the result's relative error by about ``n * tolerance / p``.
     """
     dtype = statistic.dtype
     if tolerance is None:
@@ -179,7 +179,11 @@ def newton_inverse_pth_root(statistic: Any, exponent: int, matrix_epsilon: float
 
 def _batched_roots(statistics: list[Any], exponent: float, matrix_epsilon: float,
                    relative: bool = True, method: str = "eigh") -> list[Any]:
-    """The inverse roots of each batch ``(count, n, n)`` in ``statistics``."""
+    """The inverse roots of each batch ``(count, n, n)`` in ``statistics``.
+
+    ``method="newton"`` damps relative to ``lambda_max`` only (``relative=False``
+    is ``paper_exact``'s, which always uses ``"eigh"``).
+    """
     if method == "newton":
         return [newton_inverse_pth_root(s, int(exponent), matrix_epsilon) for s in statistics]
     return [inverse_pth_root(s, exponent, matrix_epsilon, relative) for s in statistics]
@@ -602,7 +606,8 @@ class Shampoo(KroneckerFactoredOptimizer):
         statistics_decay: decay of the factor statistics, in [0, 1]; `1.0`
             sums them as in the original paper. Defaults to `0.999`.
         matrix_epsilon: damping relative to the factor's largest
-            eigenvalue, >= 0 (see Numerics before lowering it). Defaults
+            eigenvalue (with ``root_method="newton"``: its power-iteration
+            estimate), >= 0 (see Numerics before lowering it). Defaults
             to `1e-3`.
         precondition_frequency: steps between inverse-root refreshes, >= 1.
             Defaults to `10`.
