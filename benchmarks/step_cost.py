@@ -11,7 +11,15 @@ runs ``--steps`` steps (the runs interleaved, so drift in machine speed
 hits all alike) and the median per-step time over the rounds is reported
 with its ratio to Adam measured in the same process.
 
-    .venv/bin/python benchmarks/step_cost.py [--steps 20] [--rounds 5] [--jit] [--only Shampoo SAM]
+    .venv/bin/python benchmarks/step_cost.py [--steps 20] [--rounds 5] [--jit] [--cpu-time] [--only Shampoo SAM]
+
+``--sweep`` times Shampoo and SOAP instead, each with its defaults and with
+one argument changed at a time (``block_size``, ``precondition_frequency``,
+``statistics_compute_steps``, Shampoo's ``root_method``) and with refreshes
+and statistics both amortized (every 100 and 10 steps); use ``--steps``
+a multiple of the largest frequency (100) so each run holds whole refresh
+periods. ``--cpu-time`` times the process's CPU time instead of wall time
+(less sensitive to other processes on a shared machine).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_optsuite.optimizers import REGISTRY, WRAPPERS  # noqa: E402
+from keras_optsuite.optimizers import REGISTRY, SOAP, WRAPPERS, Shampoo  # noqa: E402
 
 LAYERS = (784, 1024, 256, 10)
 BATCH = 128
@@ -47,6 +55,26 @@ def candidates(only: list[str] | None) -> dict:
     if only:
         found = {name: make for name, make in found.items()
                  if name == "keras.Adam" or any(word in name for word in only)}
+    return found
+
+
+# Changes from the defaults (--sweep): one argument at a time, then refreshes and statistics
+# both amortized.
+SWEEP = (
+    [{"block_size": b} for b in (32, 64, 256)]
+    + [{"precondition_frequency": f} for f in (1, 100)]
+    + [{"statistics_compute_steps": 10}, {"precondition_frequency": 100, "statistics_compute_steps": 10}]
+)
+
+
+def sweep_candidates() -> dict:
+    """``{name: optimizer factory}``: Adam, Shampoo and SOAP at their defaults and with :data:`SWEEP`'s changes."""
+    found: dict = {"keras.Adam": keras.optimizers.Adam}
+    settings = [(cls, changed) for cls in (Shampoo, SOAP) for changed in [{}, *SWEEP]]
+    settings += [(Shampoo, {"root_method": "newton"})]
+    for cls, changed in settings:
+        label = ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "defaults"
+        found[f"{cls.__name__}({label})"] = lambda cls=cls, changed=changed: cls(**changed)
     return found
 
 
@@ -69,12 +97,12 @@ def build(make_optimizer, jit: bool) -> tuple[keras.Model, np.ndarray, np.ndarra
     return model, x, y
 
 
-def run(model: keras.Model, x: np.ndarray, y: np.ndarray, steps: int) -> float:
-    """Seconds per step over ``steps`` consecutive steps."""
-    start = time.perf_counter()
+def run(model: keras.Model, x: np.ndarray, y: np.ndarray, steps: int, clock=time.perf_counter) -> float:
+    """Seconds per step (of ``clock``) over ``steps`` consecutive steps."""
+    start = clock()
     for _ in range(steps):
         model.train_on_batch(x, y)
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,10 +111,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--only", nargs="*", default=None, help="names (substrings) to measure besides Adam")
+    parser.add_argument("--sweep", action="store_true",
+                        help="Shampoo and SOAP against block size, refresh and statistics frequency")
+    parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time, not wall time")
     args = parser.parse_args(argv)
+    clock = time.process_time if args.cpu_time else time.perf_counter
 
     models = {}
-    for name, make in candidates(args.only).items():
+    for name, make in (sweep_candidates() if args.sweep else candidates(args.only)).items():
         try:
             models[name] = build(make, args.jit)
         except Exception as error:  # noqa: BLE001 - report and measure the others
@@ -96,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     samples: dict[str, list[float]] = {name: [] for name in models}
     for round_index in range(args.rounds):
         for name, (model, x, y) in models.items():
-            samples[name].append(run(model, x, y, args.steps))
+            samples[name].append(run(model, x, y, args.steps, clock))
         print(f"  round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
@@ -105,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"MLP {'-'.join(map(str, LAYERS))} ({parameters / 1e6:.2f}M parameters), batch {BATCH}, "
         f"{args.steps} steps x {args.rounds} interleaved rounds, jit_compile={args.jit}, "
+        f"{'CPU' if args.cpu_time else 'wall'} time, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {platform.machine()}, {os.cpu_count()} CPUs\n"
     )
-    print("| optimizer | ms / train step | vs keras.Adam |")
+    print(f"| optimizer | {'CPU ' if args.cpu_time else ''}ms / train step | vs keras.Adam |")
     print("|---|---:|---:|")
     for name, seconds in medians.items():
         print(f"| {name} | {seconds * 1e3:.2f} | {seconds / adam:.2f}x |")

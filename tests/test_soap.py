@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from references import conditioned_quadratic
 from references import soap as soap_reference
-from references._harness import reference_for
+from references._harness import reference_for, run_beside
 
 from keras_optsuite.optimizers import SOAP
 
@@ -22,21 +22,13 @@ from keras_optsuite.optimizers import SOAP
 def test_order_3_tensor_with_blocks_and_an_unpreconditioned_dimension_matches_the_reference():
     """(4, 3, 5) with block_size 3 and max_preconditioner_dim 4: dim 0 is cut
     into blocks 3 + 1, dim 5 keeps the identity basis; 30 steps in float64 at rtol 1e-9."""
-    rng = np.random.default_rng(0)
-    shapes = [(4, 3, 5), (4, 3)]
     hyper = dict(beta_1=0.875, beta_2=0.9375, shampoo_beta=0.75, precondition_frequency=3,
                  block_size=3, max_preconditioner_dim=4)
     lr = 2.0**-5
-    params = [rng.normal(size=s) for s in shapes]
-    variables = [keras.Variable(p, dtype="float64") for p in params]
-    optimizer = SOAP(learning_rate=lr, **hyper)
-    reference = reference_for(soap_reference, lr, **hyper)
-    for _ in range(30):
-        grads = [p + 0.5 * rng.normal(size=p.shape) for p in params]  # gradient of |w|^2 / 2, noisy
-        optimizer.apply([tf.constant(g) for g in grads], variables)
-        params = reference.step(params, grads)
-    for variable, expected in zip(variables, params):
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-9, atol=1e-12)
+    weights, params = run_beside(SOAP(learning_rate=lr, **hyper), reference_for(soap_reference, lr, **hyper),
+                                 [(4, 3, 5), (4, 3)], seed=0)
+    for actual, expected in zip(weights, params):
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
     assert not np.allclose(params[0], 0.0)
 
 
@@ -51,7 +43,7 @@ def test_bases_converge_to_the_eigenvectors_of_the_factors():
     for _ in range(40):
         optimizer.apply([tf.constant(gradient)], [variable])
     (left, right), (q_left, q_right) = (
-        [f.numpy() for f in optimizer._statistics[0]], [q.numpy() for q in optimizer._bases[0]]
+        optimizer.factor_matrices(variable, "statistic"), optimizer.factor_matrices(variable, "basis")
     )
     for factor, basis in ((left, q_left), (right, q_right)):
         np.testing.assert_allclose(basis.T @ basis, np.eye(len(basis)), atol=1e-12)
@@ -71,9 +63,9 @@ def test_memory_layout_matches_the_documented_cost():
     optimizer.build([kernel, wide, bias])
 
     def factors(variable):
-        index = optimizer._get_variable_index(variable)
-        matrices = optimizer._statistics[index] + optimizer._bases[index]
-        return sum(int(np.prod(m.shape)) for m in matrices), [tuple(s.shape) for s in optimizer._statistics[index]]
+        statistics = optimizer.factor_matrices(variable, "statistic")
+        matrices = statistics + optimizer.factor_matrices(variable, "basis")
+        return sum(int(np.prod(m.shape)) for m in matrices), [tuple(s.shape) for s in statistics]
 
     kernel_floats, kernel_shapes = factors(kernel)
     assert kernel_shapes == [(4, 4), (4, 4), (2, 2), (4, 4)]  # blocks (4, 4) and (2, 4)
@@ -156,5 +148,25 @@ def test_paper_exact_first_call_only_initialises():
     optimizer.apply([tf.constant(np.arange(6.0).reshape(3, 2))], [variable])
     np.testing.assert_array_equal(variable.numpy(), np.ones((3, 2)))
     assert all(not np.any(s.numpy()) for s in optimizer._slots["momentum"] + optimizer._slots["velocity"])
-    left = optimizer._bases[0][0].numpy()
+    left = optimizer.factor_matrices(variable, "basis")[0]
     np.testing.assert_allclose(left.T @ left, np.eye(3), atol=1e-12)
+
+
+def test_statistics_every_kth_step_matches_the_reference():
+    """``statistics_compute_steps=3`` (factors from steps 1, 4, 7, ...) with blocks, 30 float64
+    steps at rtol 1e-9; the first moment kept in the rotated space and carried into each new
+    basis equals the reference's first moment kept in the original space."""
+    hyper = dict(beta_1=0.875, beta_2=0.9375, shampoo_beta=0.75, precondition_frequency=2,
+                 block_size=3, statistics_compute_steps=3)
+    lr = 2.0**-5
+    weights, params = run_beside(SOAP(learning_rate=lr, **hyper), reference_for(soap_reference, lr, **hyper),
+                                 [(7, 5), (4, 3, 5)], seed=6)
+    for actual, expected in zip(weights, params):
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_statistics_compute_steps_is_validated_and_in_the_config():
+    for arguments in ({"statistics_compute_steps": 0}, {"paper_exact": True, "statistics_compute_steps": 2}):
+        with pytest.raises(ValueError, match="statistics_compute_steps"):
+            SOAP(**arguments)
+    assert SOAP(statistics_compute_steps=4).get_config()["statistics_compute_steps"] == 4

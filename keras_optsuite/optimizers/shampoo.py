@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any, Callable
 
 import keras
@@ -17,26 +19,30 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive_int,
 )
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, dense_gradient, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, adam_step_size, dense_gradient
 
 _GRAFTING = ("adam", "adagrad", "sgd")
+_ROOT_METHODS = ("newton", "eigh")
 # What Shampoo(paper_exact=True) sets, and the constructor's defaults it replaces.
 _PAPER_EXACT = {"grafting": None, "beta_1": 0.0, "statistics_decay": 1.0,
-                "precondition_frequency": 1, "start_preconditioning_step": 1}
+                "precondition_frequency": 1, "start_preconditioning_step": 1, "root_method": "eigh",
+                "statistics_compute_steps": 1}
 _PAPER_EXACT_DEFAULTS = {"grafting": "adam", "beta_1": 0.9, "statistics_decay": 0.999,
-                         "precondition_frequency": 10, "start_preconditioning_step": 10}
+                         "precondition_frequency": 10, "start_preconditioning_step": 10,
+                         "root_method": "eigh", "statistics_compute_steps": 1}
 
-
-def _chunks(size: int, block_size: int) -> list[int]:
-    """Sizes of the blocks one dimension is cut into (the last one may be smaller)."""
-    sizes = [block_size] * (size // block_size)
-    if size % block_size:
-        sizes.append(size % block_size)
-    return sizes
+# Coupled Newton iteration (Anil et al. 2020's Distributed Shampoo): at most this
+# many iterations; it stops once max|M - I| <= the tolerance of the dtype, or when
+# an iteration raises that error by more than 1.2x (the previous root is kept).
+NEWTON_MAX_ITERATIONS = 100
+NEWTON_TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+NEWTON_GROWTH = 1.2
+# Power iterations that estimate lambda_max for the relative damping.
+POWER_ITERATIONS = 16
 
 
 def _split(tensor: Any, chunks: list[list[int]]) -> list[Any]:
-    """The blocks of ``tensor`` in row-major order of the block grid."""
+    """The pieces of ``tensor`` cut along each axis into ``chunks[axis]``, row-major."""
     blocks = [tensor]
     for axis, sizes in enumerate(chunks):
         if len(sizes) > 1:
@@ -53,18 +59,9 @@ def _merge(blocks: list[Any], chunks: list[list[int]]) -> Any:
     return blocks[0]
 
 
-def _factor_statistic(block: Any, axis: int) -> Any:
-    """``G_(axis) G_(axis)^T``: the contraction of the block with itself over every other axis."""
-    others = [a for a in range(len(block.shape)) if a != axis]
-    return tf.tensordot(block, block, axes=[others, others])
-
-
-def _mode_product(matrix: Any, block: Any, axis: int) -> Any:
-    """``block x_axis matrix``: the mode-``axis`` unfolding multiplied from the left by ``matrix``."""
-    product = tf.tensordot(matrix, block, axes=[[1], [axis]])  # the axis moved to the front
-    rank = len(block.shape)
-    order = list(range(1, axis + 1)) + [0] + list(range(axis + 1, rank))
-    return tf.transpose(product, order)
+def _symmetric(statistic: Any) -> Any:
+    # Halved before adding: a finite statistic near the dtype's maximum stays finite.
+    return 0.5 * statistic + 0.5 * tf.linalg.matrix_transpose(statistic)
 
 
 def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float,
@@ -78,9 +75,7 @@ def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float,
     ``(L + matrix_epsilon * I)^(-1/exponent)`` (the zero matrix gives
     ``matrix_epsilon^(-1/exponent) I``).
     """
-    # Halved before adding: a finite statistic near the dtype's maximum stays finite.
-    symmetric = 0.5 * statistic + 0.5 * tf.linalg.matrix_transpose(statistic)
-    eigenvalues, eigenvectors = tf.linalg.eigh(symmetric)
+    eigenvalues, eigenvectors = tf.linalg.eigh(_symmetric(statistic))
     eigenvalues = tf.maximum(eigenvalues, tf.zeros_like(eigenvalues))
     largest = tf.reduce_max(eigenvalues, axis=-1, keepdims=True)
     epsilon = tf.convert_to_tensor(matrix_epsilon, dtype=statistic.dtype)
@@ -92,27 +87,145 @@ def inverse_pth_root(statistic: Any, exponent: float, matrix_epsilon: float,
     return tf.matmul(eigenvectors * scale[..., None, :], eigenvectors, transpose_b=True)
 
 
-def _batched(matrices: list[Any], function: Callable[[Any], Any]) -> list[Any]:
-    """``function`` of each of ``matrices``, called once per distinct shape on the stacked batch."""
-    by_shape: dict[tuple, list[int]] = {}
-    for j, matrix in enumerate(matrices):
-        by_shape.setdefault(tuple(matrix.shape), []).append(j)
-    results: list[Any] = [None] * len(matrices)
-    for members in by_shape.values():
-        batch = tf.stack([matrices[j] for j in members])
-        for j, result in zip(members, tf.unstack(function(batch))):
-            results[j] = result
-    return results
+def largest_eigenvalue(statistic: Any, iterations: int = POWER_ITERATIONS) -> Any:
+    """Power-iteration estimate of ``lambda_max`` of symmetric PSD matrices ``(..., n, n)``: ``(..., 1, 1)``.
+
+    ``iterations`` power iterations with ``(L / ||L||_F)^4`` (two matrix
+    squarings: as many as ``4 * iterations`` with ``L``) from
+    ``x_i = 2 + cos(i)`` (fixed, so runs are reproducible); returns the
+    Rayleigh quotient ``x^T L x`` of the last unit iterate (at most
+    ``lambda_max``; 0 for the zero matrix).
+    """
+    n = statistic.shape[-1]
+    norm = tf.norm(statistic, ord="fro", axis=[-2, -1], keepdims=True)
+    scaled = tf.math.divide_no_nan(statistic, norm)
+    square = tf.matmul(scaled, scaled)
+    fourth = tf.matmul(square, square)
+    start = 2.0 + tf.cos(tf.range(n, dtype=statistic.dtype))
+    vector = tf.broadcast_to(start[:, None], tf.concat([tf.shape(statistic)[:-1], [1]], 0))
+    vector = tf.math.l2_normalize(vector, axis=-2)
+    for _ in range(iterations):
+        vector = tf.math.l2_normalize(tf.matmul(fourth, vector), axis=-2)
+    return tf.matmul(vector, tf.matmul(statistic, vector), transpose_a=True)
+
+
+def _matrix_power(matrix: Any, exponent: int) -> Any:
+    """``matrix^exponent`` for an integer ``exponent >= 1``, by repeated squaring."""
+    result, square = None, matrix
+    while exponent:
+        if exponent & 1:
+            result = square if result is None else tf.matmul(result, square)
+        exponent >>= 1
+        if exponent:
+            square = tf.matmul(square, square)
+    return result
+
+
+def newton_inverse_pth_root(statistic: Any, exponent: int, matrix_epsilon: float,
+                            max_iterations: int = NEWTON_MAX_ITERATIONS,
+                            tolerance: float | None = None) -> Any:
+    """``(L + matrix_epsilon * lambda I)^(-1/p)`` by the coupled Newton iteration (matrix products only).
+
+    ``lambda`` is :func:`largest_eigenvalue`'s estimate of ``lambda_max(L)``.
+    Guo and Higham 2006's coupled iteration as in Anil et al. 2020's
+    Distributed Shampoo: ``A = L + matrix_epsilon lambda I``,
+    ``z = (p + 1) / (2 ||A||_F)``, ``X = z^(1/p) I``, ``M = z A``; then
+    ``T = ((p + 1) I - M) / p``, ``X = X T``, ``M = T^p M`` (so
+    ``M = X^p A`` and ``X -> A^(-1/p)`` as ``M -> I``), per matrix until
+    ``max|M - I| <= tolerance`` (:data:`NEWTON_TOLERANCE` of the dtype),
+    ``max_iterations``, or an iteration that raises ``max|M - I|`` by more
+    than :data:`NEWTON_GROWTH` (whose ``X`` is then discarded). The zero
+    matrix gives the identity. The eigenvalues of ``M`` start in
+    ``(0, (p + 1) / 2]``, where the iteration converges; the stopping error
+    bounds the result's relative error by about ``n * tolerance / p``.
+    """
+    dtype = statistic.dtype
+    if tolerance is None:
+        tolerance = NEWTON_TOLERANCE[dtype.name]
+    p = int(exponent)
+    symmetric = _symmetric(statistic)
+    n = symmetric.shape[-1]
+    identity = tf.eye(n, batch_shape=tf.shape(symmetric)[:-2], dtype=dtype)
+    largest = largest_eigenvalue(symmetric)
+    epsilon = tf.convert_to_tensor(matrix_epsilon, dtype=dtype)
+    damped = symmetric + epsilon * largest * identity
+    norm = tf.norm(damped, ord="fro", axis=[-2, -1], keepdims=True)
+    zero = tf.equal(norm, 0.0)
+    z = tf.where(zero, tf.ones_like(norm), (p + 1.0) / (2.0 * tf.where(zero, tf.ones_like(norm), norm)))
+    root = identity * tf.pow(z, tf.convert_to_tensor(1.0 / p, dtype))
+    product = tf.where(zero, identity, z * damped)
+
+    def error(m):
+        return tf.reduce_max(tf.abs(m - identity), axis=[-2, -1], keepdims=True)
+
+    def body(i, root, product, current, running):
+        factor = ((p + 1.0) * identity - product) / p
+        new_product = tf.matmul(_matrix_power(factor, p), product)
+        new_root = tf.matmul(root, factor)
+        new_error = error(new_product)
+        accept = tf.logical_and(running, new_error < NEWTON_GROWTH * current)
+        root = tf.where(accept, new_root, root)
+        product = tf.where(accept, new_product, product)
+        current = tf.where(accept, new_error, current)
+        return i + 1, root, product, current, tf.logical_and(accept, new_error > tolerance)
+
+    first = error(product)
+    _, root, _, _, _ = tf.while_loop(
+        lambda i, root, product, current, running: tf.logical_and(i < max_iterations, tf.reduce_any(running)),
+        body, (tf.constant(0), root, product, first, first > tolerance),
+    )
+    return root
 
 
 def _batched_roots(statistics: list[Any], exponent: float, matrix_epsilon: float,
-                   relative: bool = True) -> list[Any]:
-    """The roots of ``statistics``, one batched eigendecomposition per distinct shape."""
-    return _batched(statistics, lambda batch: inverse_pth_root(batch, exponent, matrix_epsilon, relative))
+                   relative: bool = True, method: str = "eigh") -> list[Any]:
+    """The inverse roots of each batch ``(count, n, n)`` in ``statistics``.
+
+    ``method="newton"`` damps relative to ``lambda_max`` only (``relative=False``
+    is ``paper_exact``'s, which always uses ``"eigh"``).
+    """
+    if method == "newton":
+        return [newton_inverse_pth_root(s, int(exponent), matrix_epsilon) for s in statistics]
+    return [inverse_pth_root(s, exponent, matrix_epsilon, relative) for s in statistics]
+
+
+class _Region:
+    """A part of a variable cut into equal blocks: where it starts, its size, its block shape."""
+
+    def __init__(self, start: tuple[int, ...], size: tuple[int, ...], block: tuple[int, ...]) -> None:
+        self.start, self.size, self.block = start, size, block
+        self.counts = tuple(s // b for s, b in zip(size, block))
+        self.count = math.prod(self.counts)
+
+    def to_blocks(self, piece: Any) -> Any:
+        """The region's ``(count, *block)`` batch of blocks, row-major over its grid."""
+        if self.count == 1:
+            return piece[None]
+        rank = len(self.block)
+        interleaved = [d for pair in zip(self.counts, self.block) for d in pair]
+        order = list(range(0, 2 * rank, 2)) + list(range(1, 2 * rank, 2))
+        grid = tf.transpose(tf.reshape(piece, interleaved), order)
+        return tf.reshape(grid, (self.count, *self.block))
+
+    def from_blocks(self, blocks: Any) -> Any:
+        """Inverse of :meth:`to_blocks`."""
+        if self.count == 1:
+            return blocks[0]
+        rank = len(self.block)
+        grid = tf.reshape(blocks, (*self.counts, *self.block))
+        order = [i for axis in range(rank) for i in (axis, rank + axis)]
+        return tf.reshape(tf.transpose(grid, order), self.size)
 
 
 class _Layout:
-    """How one variable is preconditioned: its blocks and preconditioned axes (static)."""
+    """How one variable is preconditioned: its blocks and preconditioned axes (static).
+
+    Each preconditioned axis longer than ``block_size`` is cut into blocks of
+    ``block_size`` and a smaller last one. The blocks of equal shape form at
+    most two regions per cut axis (the full blocks and the remainder), and
+    each region's blocks are processed as one batch ``(count, *block)``:
+    its factors are ``(count, n, n)`` variables.
+    """
 
     def __init__(self, shape: tuple[int, ...], block_size: int, max_dim: int,
                  exponent_override: int | None, precondition_vectors: bool = False) -> None:
@@ -122,42 +235,114 @@ class _Layout:
         # cut into blocks.
         smallest_rank = 1 if precondition_vectors else 2
         self.axes = [a for a, d in enumerate(shape) if d <= max_dim] if len(shape) >= smallest_rank else []
-        self.chunks = [
-            _chunks(d, block_size) if a in self.axes else [d] for a, d in enumerate(shape)
+        pieces = []  # per axis: (start, size, block length) of its full blocks and remainder
+        for axis, d in enumerate(shape):
+            full, rest = divmod(d, block_size)
+            if axis in self.axes and full and (full > 1 or rest):
+                remainder = [(full * block_size, rest, rest)] if rest else []
+                pieces.append([(0, full * block_size, block_size)] + remainder)
+            else:
+                pieces.append([(0, d, d)])
+        self._axis_pieces = pieces
+        self.pieces = [[size for _, size, _ in axis_pieces] for axis_pieces in pieces]
+        self.regions = [
+            _Region(tuple(p[0] for p in combo), tuple(p[1] for p in combo), tuple(p[2] for p in combo))
+            for combo in itertools.product(*pieces)
         ]
-        grid: list[list[Any]] = [[]]
-        for sizes in self.chunks:
-            grid = [g + [s] for g in grid for s in sizes]
-        self.block_shapes = [tuple(g) for g in grid]
         self.exponent = float(exponent_override or 2 * len(self.axes))
 
     @property
     def preconditioned(self) -> bool:
         return bool(self.axes)
 
-    def factor_shapes(self) -> list[tuple[int, int]]:
-        """One ``(n, n)`` per block and preconditioned axis, block-major."""
-        return [(b[a], b[a]) for b in self.block_shapes for a in self.axes]
+    def factor_shapes(self) -> list[tuple[int, int, int]]:
+        """One ``(count, n, n)`` per region and preconditioned axis, region-major."""
+        return [(r.count, r.block[a], r.block[a]) for r in self.regions for a in self.axes]
+
+    def to_blocks(self, tensor: Any) -> list[Any]:
+        """One ``(count, *block)`` batch per region."""
+        return [r.to_blocks(piece) for r, piece in zip(self.regions, _split(tensor, self.pieces))]
+
+    def from_blocks(self, batches: list[Any]) -> Any:
+        """Inverse of :meth:`to_blocks`."""
+        return _merge([r.from_blocks(b) for r, b in zip(self.regions, batches)], self.pieces)
+
+    def block_matrices(self, factors: list[Any]) -> list[Any]:
+        """``factors`` (as :meth:`factor_shapes`) as one ``(n, n)`` array per block and axis.
+
+        Blocks in row-major order of the whole variable's block grid, axes
+        inner: for inspection and tests.
+        """
+        per_axis = [  # per axis: (piece, block within the piece), in order along the axis
+            [(i, k) for i, (_, size, length) in enumerate(axis_pieces) for k in range(size // length)]
+            for axis_pieces in self._axis_pieces
+        ]
+        matrices = []
+        for block in itertools.product(*per_axis):
+            r = 0
+            for (i, _), axis_pieces in zip(block, self._axis_pieces):
+                r = r * len(axis_pieces) + i
+            position = 0
+            for (_, k), count in zip(block, self.regions[r].counts):
+                position = position * count + k
+            per_region = len(self.axes)
+            matrices += [f[position] for f in factors[r * per_region : (r + 1) * per_region]]
+        return matrices
+
+
+def _block_statistic(blocks: Any, axis: int) -> Any:
+    """``G_(axis) G_(axis)^T`` of each block of the batch ``(count, *block)``: ``(count, n, n)``."""
+    rank = len(blocks.shape) - 1
+    n = blocks.shape[axis + 1]
+    if axis == rank - 1:
+        unfolded = tf.reshape(blocks, (blocks.shape[0], -1, n))
+        return tf.matmul(unfolded, unfolded, transpose_a=True)
+    if axis != 0:
+        order = [0, axis + 1] + [a for a in range(1, rank + 1) if a != axis + 1]
+        blocks = tf.transpose(blocks, order)
+    unfolded = tf.reshape(blocks, (blocks.shape[0], n, -1))
+    return tf.matmul(unfolded, unfolded, transpose_b=True)
+
+
+def _block_mode_product(matrices: Any, blocks: Any, axis: int, transpose: bool = False) -> Any:
+    """``block x_axis M`` (``M^T`` if ``transpose``) for each block and its ``(n, n)`` matrix ``M``."""
+    rank = len(blocks.shape) - 1
+    shape = blocks.shape
+    n = shape[axis + 1]
+    if axis == rank - 1:
+        product = tf.matmul(tf.reshape(blocks, (shape[0], -1, n)), matrices, transpose_b=not transpose)
+        return tf.reshape(product, shape)
+    if axis == 0:
+        product = tf.matmul(matrices, tf.reshape(blocks, (shape[0], n, -1)), transpose_a=transpose)
+        return tf.reshape(product, shape)
+    order = [0, axis + 1] + [a for a in range(1, rank + 1) if a != axis + 1]
+    moved = tf.transpose(blocks, order)
+    product = tf.matmul(matrices, tf.reshape(moved, (shape[0], n, -1)), transpose_a=transpose)
+    inverse = [order.index(a) for a in range(rank + 1)]
+    return tf.transpose(tf.reshape(product, moved.shape), inverse)
 
 
 class KroneckerFactoredOptimizer(OptsuiteOptimizer):
     """Shared machinery of Shampoo and SOAP (not registered, not exported).
 
     Per variable: a :class:`_Layout` (blocks and preconditioned axes, from
-    ``block_size`` and ``max_preconditioner_dim``) and, per block and
-    preconditioned axis, one ``(n, n)`` matrix for each name in
-    ``_factor_attributes`` (stored in the attribute it maps to, one list per
-    variable). Slots and factors are float64 for float64 variables and
-    float32 otherwise; ``update_step`` computes in that dtype and subclasses
-    return the variable's change from ``_step``.
+    ``block_size`` and ``max_preconditioner_dim``) and, per region of equal
+    blocks and preconditioned axis, one ``(count, n, n)`` batch of matrices
+    for each name in ``_factor_attributes`` (stored in the attribute it maps
+    to, one list per variable). Slots and factors are float64 for float64
+    variables and float32 otherwise; ``update_step`` computes in that dtype
+    and subclasses return the variable's change from ``_step``.
     """
 
     whole_variable_statistics = True  # per-variable statistics: not on shards (parameter_server.py)
 
     # Factor variable name -> attribute holding the per-variable lists.
     _factor_attributes: dict[str, str] = {}
+    # Factor variable name -> initial value ("zeros" or "identity").
+    _factor_initializers: dict[str, str] = {}
     block_size: int
     max_preconditioner_dim: int
+    statistics_compute_steps: int = 1
     exponent_override: int | None = None
     paper_exact: bool = False
     # Full-matrix preconditioning of 1-D variables (Shampoo's paper-exact mode).
@@ -192,7 +377,8 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
             factors: dict[str, list] = {name: [] for name in self._factor_attributes}
             for j, shape in enumerate(layout.factor_shapes()):
                 for name in self._factor_attributes:
-                    factors[name].append(self.add_variable(shape, "zeros", dtype, name=f"{base}_{name}_{j}"))
+                    initializer = _identities if self._factor_initializers.get(name) == "identity" else "zeros"
+                    factors[name].append(self.add_variable(shape, initializer, dtype, name=f"{base}_{name}_{j}"))
             self._layouts.append(layout)
             for name, attribute in self._factor_attributes.items():
                 getattr(self, attribute).append(factors[name])
@@ -220,6 +406,18 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         raise NotImplementedError
 
+    def factor_matrices(self, variable: Any, name: str) -> list[Any]:
+        """The ``(n, n)`` NumPy matrices of factor ``name`` of ``variable``, one per block and axis.
+
+        ``name`` is one of the keys of ``_factor_attributes`` (Shampoo:
+        ``"statistic"``, ``"root"``; SOAP: ``"statistic"``, ``"basis"``).
+        Blocks in row-major order of the variable's block grid, the
+        preconditioned axes inner.
+        """
+        index = self._get_variable_index(variable)
+        factors = getattr(self, self._factor_attributes[name])[index]
+        return self._layouts[index].block_matrices([f.numpy() for f in factors])
+
     @property
     def skipped_refreshes(self) -> int:
         """How many refreshes kept the previous roots or bases (one per variable and refresh).
@@ -231,44 +429,71 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
         """
         return int(self._skipped_refreshes.numpy()) if self.built else 0
 
-    def _refresh(self, due: Any, statistics: list[Any], previous: list[Any],
-                 compute: Callable[[], list[Any]]) -> list[Any]:
-        """``compute()`` when ``due`` and every input and result is finite, else ``previous``.
+    def _refresh(self, due: Any, statistics: list[Any], targets: list[Any],
+                 compute: Callable[[], list[Any]],
+                 on_accept: Callable[[list[Any]], None] | None = None) -> Any:
+        """Assign ``compute()`` to ``targets`` when ``due`` and every input and result is finite.
 
-        Counts a due refresh that keeps ``previous`` in ``skipped_refreshes``.
+        Otherwise the targets keep their values, and a due refresh that
+        keeps them counts in ``skipped_refreshes``. ``on_accept(new values)``
+        runs (before the assignments) when the new values are taken. Returns
+        whether they were. Nothing is read or written when not ``due``.
         """
-        return self._refresh_if_finite(due, statistics, previous, compute)[0]
-
-    def _refresh_if_finite(self, due: Any, statistics: list[Any], previous: list[Any],
-                           compute: Callable[[], list[Any]]) -> tuple[list[Any], Any]:
-        """:meth:`_refresh`, and whether the new values were taken."""
         def finite(tensors: list[Any]) -> Any:
             return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
 
         def refresh():
             new = compute()
             accepted = finite(new)
-            return [tf.where(accepted, n, p) for n, p in zip(new, previous)], accepted
 
-        def keep():
-            return [tf.identity(p) for p in previous], tf.constant(False)
+            def take():
+                if on_accept is not None:
+                    on_accept(new)
+                for target, value in zip(targets, new):
+                    self.assign(target, value)
+                return tf.constant(True)
 
-        values, accepted = tf.cond(tf.logical_and(due, finite(statistics)), refresh, keep)
+            return tf.cond(accepted, take, lambda: tf.constant(False))
+
+        def check():
+            return tf.cond(finite([tf.convert_to_tensor(s) for s in statistics]), refresh,
+                           lambda: tf.constant(False))
+
+        accepted = tf.cond(due, check, lambda: tf.constant(False))
         skipped = tf.logical_and(due, tf.logical_not(accepted))
         self.assign_add(self._skipped_refreshes, tf.cast(skipped, "int64"))
-        return values, accepted
+        return accepted
 
-    def _accumulate_statistics(self, blocks: list[Any], index: int, decay: float) -> None:
-        """``L = decay L + (1 - decay) G_(i) G_(i)^T`` per block and axis (``decay=1``: ``L += ...``)."""
-        statistics, j = self._statistics[index], 0
-        for block in blocks:
-            for axis in self._layouts[index].axes:
-                new = _factor_statistic(block, axis)
-                if decay == 1.0:
-                    self.assign_add(statistics[j], new)
-                else:
-                    self.assign(statistics[j], decay * statistics[j] + (1.0 - decay) * new)
-                j += 1
+    def _statistics_due(self, t: Any) -> Any:
+        """Whether step ``t`` accumulates statistics: steps 1, 1 + k, 1 + 2k, ... (``k = statistics_compute_steps``)."""
+        return tf.equal(tf.math.floormod(t - 1.0, float(self.statistics_compute_steps)), 0)
+
+    def _accumulate_statistics(self, blocks: list[Any], index: int, decay: float, t: Any) -> None:
+        """``L = decay L + (1 - decay) G_(i) G_(i)^T`` per block and axis (``decay=1``: ``L += ...``).
+
+        Only at the steps :meth:`_statistics_due` names.
+        """
+        def accumulate():
+            statistics, j = self._statistics[index], 0
+            for batch in blocks:
+                for axis in self._layouts[index].axes:
+                    new = _block_statistic(batch, axis)
+                    if decay == 1.0:
+                        self.assign_add(statistics[j], new)
+                    else:
+                        self.assign(statistics[j], decay * statistics[j] + (1.0 - decay) * new)
+                    j += 1
+            return tf.constant(True)
+
+        if self.statistics_compute_steps == 1:
+            accumulate()
+        else:
+            tf.cond(self._statistics_due(t), accumulate, lambda: tf.constant(False))
+
+
+def _identities(shape: tuple[int, ...], dtype: Any = None) -> Any:
+    """Initializer of a ``(count, n, n)`` batch of identity matrices."""
+    return tf.eye(shape[-1], batch_shape=shape[:-2], dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -287,7 +512,10 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``L_i`` (``d_i x d_i``) of the gradient statistics:
     ``L_i = s L_i + (1 - s) G_(i) G_(i)^T`` with ``s = statistics_decay``
     (``s=1``: ``L_i += G_(i) G_(i)^T``, the sum of the original paper),
-    where ``G_(i)`` is the gradient unfolded along dimension ``i``. From
+    where ``G_(i)`` is the gradient unfolded along dimension ``i``,
+    accumulated at steps 1, ``1 + k``, ``1 + 2k``, ... with
+    ``k = statistics_compute_steps`` (every step by default; Distributed
+    Shampoo's ``statistics_compute_steps``). From
     step ``start_preconditioning_step`` on, every ``precondition_frequency``
     steps it stores
     ``R_i = (L_i + matrix_epsilon * lambda_max(L_i) I)^(-1/p)`` with
@@ -295,7 +523,19 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``exponent_override``) and preconditions ``P = G x_1 R_1 x_2 R_2 ...``
     (for a matrix: ``R_1 G R_2``). Dimensions larger than ``block_size`` are
     cut into blocks of ``block_size`` (the last one smaller); each block
-    has its own factors.
+    has its own factors, and the blocks of equal shape are processed as one
+    batch of matrix products.
+
+    Roots: ``root_method="eigh"`` computes ``R_i`` exactly by a symmetric
+    eigendecomposition; ``"newton"`` by the coupled Newton iteration of
+    Distributed Shampoo (Anil et al. 2020; Guo and Higham 2006), matrix
+    products only, with ``lambda_max`` estimated by power iteration (see
+    :func:`newton_inverse_pth_root`): it stops once ``max|M - I|`` is below
+    1e-5 (float32; 1e-12 in float64), so a root is within about
+    ``n 1e-5 / p`` relative of the exact root of its damped factor. It
+    starts cold, from ``z^(1/p) I``: a warm start from the previous root
+    is not valid for the coupled iteration, whose invariant
+    ``M = X^p A`` needs ``X`` to commute with the new factor.
 
     Grafting: the step has the direction of ``P`` and, per variable, the
     norm of the grafting optimizer's step ``D``: Adam
@@ -328,14 +568,21 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``d1 x d2`` kernel with ``d1, d2 <= block_size`` costs
     ``2 (d1^2 + d2^2) + 2 d1 d2``; a kernel cut into ``b x b`` blocks costs
     about ``4 d1 d2 + 2 d1 d2``, i.e. 6 floats per parameter (Adam: 2).
-    Compute: one eigendecomposition (``O(n^3)``) per factor every
-    ``precondition_frequency`` steps (factors of equal shape batched into
-    one call), and ``O(d1 d2 (d1 + d2))`` matrix products per step.
-    Measured with ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, 2 CPU
-    cores): a whole train step costs 4.3x Adam's. On CPU avoid
-    ``jit_compile=True`` (Keras's ``"auto"`` leaves it off there): XLA's
-    CPU eigensolver is ~50x slower than LAPACK's and the step costs ~120x
-    Adam's.
+    Compute per step, per ``b x b`` block of a 2-D variable: two block
+    matrix products for ``P`` and (on statistics steps) two for the
+    factors, ``8 b^3`` flops, i.e. ``4 b`` flops per parameter each for
+    ``P`` and the factors; a train step of a dense layer costs
+    ``6 * batch`` flops per parameter, so each adds about
+    ``(2/3) b / batch`` of a train step (0.67 at ``b = batch = 128``).
+    Every ``precondition_frequency`` steps, one root per factor (batched
+    per shape): an eigendecomposition, or about 12 coupled Newton
+    iterations of 4 matrix products each (``p = 4``), which on 2 CPU cores
+    cost about 3x LAPACK's ``eigh`` (hence the default ``"eigh"``); under
+    ``jit_compile=True``, where XLA's CPU eigensolver is ~50x slower than
+    LAPACK's, use ``root_method="newton"``. Measured with
+    ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, batch 128, 2 CPU
+    cores; see the README for the table against ``block_size``,
+    ``precondition_frequency`` and ``statistics_compute_steps``).
 
     Numerics: statistics and roots are in float64 for float64 variables and
     in float32 otherwise (float16 variables too). In float64 the roots
@@ -359,7 +606,8 @@ class Shampoo(KroneckerFactoredOptimizer):
         statistics_decay: decay of the factor statistics, in [0, 1]; `1.0`
             sums them as in the original paper. Defaults to `0.999`.
         matrix_epsilon: damping relative to the factor's largest
-            eigenvalue, >= 0 (see Numerics before lowering it). Defaults
+            eigenvalue (with ``root_method="newton"``: its power-iteration
+            estimate), >= 0 (see Numerics before lowering it). Defaults
             to `1e-3`.
         precondition_frequency: steps between inverse-root refreshes, >= 1.
             Defaults to `10`.
@@ -375,6 +623,11 @@ class Shampoo(KroneckerFactoredOptimizer):
             dimensions). Defaults to `None`.
         grafting: `"adam"`, `"adagrad"`, `"sgd"` or `None` (raw Shampoo
             step). Defaults to `"adam"`.
+        root_method: `"eigh"` (symmetric eigendecomposition, exact) or
+            `"newton"` (coupled Newton iteration, matrix products only:
+            faster on accelerators and under XLA). Defaults to `"eigh"`.
+        statistics_compute_steps: steps between updates of the factor
+            statistics, >= 1 (1: every step). Defaults to `1`.
         paper_exact: `True` runs Gupta et al. 2018's Algorithm 2 exactly:
             ``H_i = matrix_epsilon I + sum_t G_(i) G_(i)^T`` (absolute
             damping, added once), roots ``H_i^(-1/2k)`` recomputed every
@@ -384,7 +637,8 @@ class Shampoo(KroneckerFactoredOptimizer):
             (dimensions above ``max_preconditioner_dim`` and 0-D variables
             take the plain gradient step). It sets ``grafting=None``,
             ``beta_1=0``, ``statistics_decay=1``,
-            ``precondition_frequency=1`` and ``start_preconditioning_step=1``
+            ``precondition_frequency=1``, ``start_preconditioning_step=1``,
+            ``statistics_compute_steps=1`` and ``root_method="eigh"``
             (passing other values of these raises ``ValueError``) and needs
             ``matrix_epsilon > 0``. Defaults to `False`.
         {{base_optimizer_keyword_args}}
@@ -407,6 +661,8 @@ class Shampoo(KroneckerFactoredOptimizer):
         max_preconditioner_dim: int = 8192,
         exponent_override: int | None = None,
         grafting: str | None = "adam",
+        root_method: str = "eigh",
+        statistics_compute_steps: int = 1,
         paper_exact: bool = False,
         name: str = "shampoo",
         **kwargs: Any,
@@ -416,13 +672,15 @@ class Shampoo(KroneckerFactoredOptimizer):
         if paper_exact:
             given = {"grafting": grafting, "beta_1": beta_1, "statistics_decay": statistics_decay,
                      "precondition_frequency": precondition_frequency,
-                     "start_preconditioning_step": start_preconditioning_step}
+                     "start_preconditioning_step": start_preconditioning_step,
+                     "root_method": root_method, "statistics_compute_steps": statistics_compute_steps}
             check_paper_exact("Gupta et al. 2018", given, _PAPER_EXACT, _PAPER_EXACT_DEFAULTS)
             if not matrix_epsilon > 0:
                 raise ValueError(f"paper_exact=True needs matrix_epsilon > 0 (H_0 = matrix_epsilon I), "
                                  f"got matrix_epsilon={matrix_epsilon!r}")
             grafting, beta_1, statistics_decay = None, 0.0, 1.0
-            precondition_frequency = start_preconditioning_step = 1
+            precondition_frequency = start_preconditioning_step = statistics_compute_steps = 1
+            root_method = "eigh"
             self._precondition_vectors = True
         self.beta_1 = check_decay_rate("beta_1", beta_1)
         self.beta_2 = check_decay_rate("beta_2", beta_2)
@@ -441,6 +699,8 @@ class Shampoo(KroneckerFactoredOptimizer):
         if grafting is not None:
             check_choice("grafting", grafting, _GRAFTING)
         self.grafting = grafting
+        self.root_method = check_choice("root_method", root_method, _ROOT_METHODS)
+        self.statistics_compute_steps = check_positive_int("statistics_compute_steps", statistics_compute_steps)
 
     # -- state -------------------------------------------------------------
     _factor_attributes = {"statistic": "_statistics", "root": "_roots"}
@@ -448,23 +708,26 @@ class Shampoo(KroneckerFactoredOptimizer):
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "grafting_moment") if self.grafting in ("adam", "adagrad") else ("momentum",)
 
-    def _grafting_direction(self, gradient: Any, variable: Any, t: Any) -> Any:
+    def _grafting_direction(self, gradient: Any, variable: Any, t: Any) -> tuple[Any, Any]:
+        """``(direction, scale)`` with the grafting step ``D = scale * direction`` (``scale`` a scalar)."""
+        one = ops.ones_like(t)
         if self.grafting in (None, "sgd"):
-            return gradient
+            return gradient, one
         moment = self._slot("grafting_moment", variable)
         if self.grafting == "adagrad":
             self.assign_add(moment, ops.square(gradient))
-            return gradient / (ops.sqrt(moment) + self.epsilon)
-        self.assign(moment, self.beta_2 * moment + (1.0 - self.beta_2) * ops.square(gradient))
-        corrected = moment / (1.0 - power(self.beta_2, t))
-        return gradient / (ops.sqrt(corrected) + self.epsilon)
+            return gradient / (ops.sqrt(moment) + self.epsilon), one
+        self.assign_add(moment, (ops.square(gradient) - moment) * (1.0 - self.beta_2))
+        # g / (sqrt(v / (1 - beta_2^t)) + epsilon), with the correction folded into scalars.
+        scale, epsilon = adam_step_size(one, 0.0, self.beta_2, self.epsilon, t)
+        return gradient / (ops.sqrt(moment) + epsilon), scale
 
     def _preconditioned(self, gradient: Any, index: int, t: Any) -> Any:
         """Update the factors, refresh the roots when due, and return ``P``."""
         layout = self._layouts[index]
         statistics, roots = self._statistics[index], self._roots[index]
-        blocks = _split(gradient, layout.chunks)
-        self._accumulate_statistics(blocks, index, self.statistics_decay)
+        blocks = layout.to_blocks(gradient)
+        self._accumulate_statistics(blocks, index, self.statistics_decay, t)
 
         start = float(self.start_preconditioning_step)
         since_start = t - start
@@ -472,38 +735,39 @@ class Shampoo(KroneckerFactoredOptimizer):
             since_start >= 0,
             tf.equal(tf.math.floormod(since_start, float(self.precondition_frequency)), 0),
         )
-
-        values = [tf.convert_to_tensor(s.value) for s in statistics]
-        new_roots = self._refresh(
-            refresh, values, [tf.convert_to_tensor(r.value) for r in roots],
-            lambda: _batched_roots(values, layout.exponent, self.matrix_epsilon,
-                                   relative=not self.paper_exact),
+        self._refresh(
+            refresh, statistics, roots,
+            lambda: _batched_roots([tf.convert_to_tensor(s) for s in statistics], layout.exponent,
+                                   self.matrix_epsilon, relative=not self.paper_exact,
+                                   method=self.root_method),
         )
-        for root, value in zip(roots, new_roots):
-            self.assign(root, value)
 
         preconditioned, j = [], 0
-        for block in blocks:
+        for batch in blocks:
             for axis in layout.axes:
-                block = _mode_product(roots[j].value, block, axis)
+                batch = _block_mode_product(tf.convert_to_tensor(roots[j]), batch, axis)
                 j += 1
-            preconditioned.append(block)
-        return _merge(preconditioned, layout.chunks)
+            preconditioned.append(batch)
+        return layout.from_blocks(preconditioned)
 
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         """The change ``lr * m`` of the variable (updates every state)."""
         index = self._get_variable_index(variable)
-        direction = self._grafting_direction(gradient, variable, t)
+        direction, scale = self._grafting_direction(gradient, variable, t)
+        # (1 - beta_1) U, with every scalar factor applied in one pass.
         if self._layouts[index].preconditioned:
             preconditioned = self._preconditioned(gradient, index, t)
+            ratio = ops.ones_like(t)
             if self.grafting is not None:
-                preconditioned_norm = tf.norm(preconditioned)
-                ratio = tf.math.divide_no_nan(tf.norm(direction), preconditioned_norm)
-                preconditioned = preconditioned * ratio
-            active = t >= float(self.start_preconditioning_step)
-            update = tf.where(active, preconditioned, direction)
+                ratio = tf.math.divide_no_nan(scale * tf.norm(direction), tf.norm(preconditioned))
+            update = tf.cond(t >= float(self.start_preconditioning_step),
+                             lambda: ((1.0 - self.beta_1) * ratio) * preconditioned,
+                             lambda: ((1.0 - self.beta_1) * scale) * direction)
         else:
-            update = direction
+            update = ((1.0 - self.beta_1) * scale) * direction
         momentum = self._slot("momentum", variable)
-        self.assign(momentum, self.beta_1 * momentum + (1.0 - self.beta_1) * update)
+        if self.beta_1 == 0.0:
+            self.assign(momentum, update)
+        else:
+            self.assign_add(momentum, update - (1.0 - self.beta_1) * momentum)
         return learning_rate * momentum

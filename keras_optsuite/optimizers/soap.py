@@ -16,14 +16,8 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive_int,
 )
-from keras_optsuite.optimizers._base import power
-from keras_optsuite.optimizers.shampoo import (
-    KroneckerFactoredOptimizer,
-    _batched,
-    _merge,
-    _mode_product,
-    _split,
-)
+from keras_optsuite.optimizers._base import adam_step_size, power
+from keras_optsuite.optimizers.shampoo import KroneckerFactoredOptimizer, _block_mode_product
 
 
 def power_iteration_basis(statistic: Any, basis: Any, matrix_epsilon: float) -> Any:
@@ -74,13 +68,18 @@ class SOAP(KroneckerFactoredOptimizer):
     orthonormal basis ``Q_i`` of its eigenvectors. Step ``t``, with the
     bases of the previous step (identity before the first refresh):
 
-    - ``m = beta_1 m + (1 - beta_1) g`` (kept in the original space),
     - rotate: ``g' = g x_1 Q_1^T x_2 Q_2^T ...`` (a matrix: ``Q_L^T G Q_R``),
-      ``m'`` likewise,
+    - ``m' = beta_1 m' + (1 - beta_1) g'``: the paper's
+      ``m = beta_1 m + (1 - beta_1) g`` rotated like ``g`` (the rotation is
+      linear and the bases only change at refreshes, which carry ``m'``
+      into the new bases, ``m' <- m' x_i (Q_i,new^T Q_i,old)``; the paper
+      keeps ``m`` and rotates it every step),
     - ``v = beta_2 v + (1 - beta_2) g'^2`` (kept in the rotated space),
     - ``n' = (m' / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)``,
     - rotate back ``n = n' x_1 Q_1 x_2 Q_2 ...`` and ``w -= lr n``,
-    - then accumulate ``L_i`` with ``g`` and, at step 1 and every
+    - then accumulate ``L_i`` with ``g`` (at steps 1, ``1 + k``,
+      ``1 + 2k``, ... with ``k = statistics_compute_steps``; every step by
+      default) and, at step 1 and every
       ``precondition_frequency`` steps, refresh the bases by one power
       iteration from the previous basis (the identity at step 1):
       ``Q_i = QR((L_i + matrix_epsilon tr(L_i) I) Q_i)``, the paper's
@@ -107,13 +106,21 @@ class SOAP(KroneckerFactoredOptimizer):
     plus, per block and preconditioned dimension of size ``n``, ``2 n^2``
     (factor and basis). An unblocked ``d1 x d2`` kernel costs
     ``2 d1 d2 + 2 (d1^2 + d2^2)``; a kernel cut into ``b x b`` blocks costs
-    ``2 + 4 = 6`` floats per parameter (Adam: 2, Shampoo: 6). Compute: one QR decomposition
-    (``O(n^3)``) per factor every ``precondition_frequency`` steps, batched
-    over factors of equal shape, and three rotations
-    (``O(d1 d2 (d1 + d2))``) per step. Measured with
-    ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, 2 CPU cores, the
-    registry's tuned row: refresh every 2 steps): a whole train step costs
-    6.7x Adam's (Shampoo's tuned row: 4.4x).
+    ``2 + 4 = 6`` floats per parameter (Adam: 2, Shampoo: 6).
+
+    Compute per step, per ``b x b`` block of a 2-D variable (blocks of equal
+    shape batched): four block matrix products (``g`` into the bases, ``n``
+    back), ``8 b^3`` flops or ``8 b`` per parameter, which Adam does not
+    do; plus two for the factors on statistics steps. A train step of a
+    dense layer costs ``6 * batch`` flops per parameter, so the rotations
+    alone add about ``(4/3) b / batch`` of a train step (1.33 at
+    ``b = batch = 128``) and the factors ``(2/3) b / batch`` divided by
+    ``statistics_compute_steps``. Every ``precondition_frequency`` steps
+    and at step 1: one power iteration and QR decomposition (``O(n^3)``)
+    per factor and the carry of ``m'`` (two block products). Measured with
+    ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, batch 128, 2 CPU
+    cores; see the README for the table against ``block_size``,
+    ``precondition_frequency`` and ``statistics_compute_steps``).
 
     Numerics: factors and bases are float64 for float64 variables and
     float32 otherwise (float16 variables too). A refresh that finds a NaN
@@ -138,6 +145,8 @@ class SOAP(KroneckerFactoredOptimizer):
             Defaults to `128`.
         max_preconditioner_dim: dimensions larger than this keep the
             identity basis and are not blocked, >= 1. Defaults to `8192`.
+        statistics_compute_steps: steps between updates of the factors,
+            >= 1 (1: every step). Defaults to `1`.
         paper_exact: `True` runs the SOAP authors' code
             (github.com/nikhilvyas/SOAP, the release of the paper) exactly:
             the first call only accumulates the factors and sets the bases
@@ -150,8 +159,9 @@ class SOAP(KroneckerFactoredOptimizer):
             ``precondition_frequency``, sorts each basis by its estimated
             eigenvalues ``diag(Q^T L Q)`` (permuting ``v`` alike) and runs
             one unshifted power iteration ``Q = QR(L Q)``. No blocks
-            (``block_size`` is not used). It sets ``matrix_epsilon=0``
-            (other values raise ``ValueError``). ``weight_decay`` stays
+            (``block_size`` is not used). It sets ``matrix_epsilon=0`` and
+            ``statistics_compute_steps=1`` (other values raise
+            ``ValueError``). ``weight_decay`` stays
             Keras's decoupled decay before the step (the authors decay
             after it). Defaults to `False`.
         {{base_optimizer_keyword_args}}
@@ -161,6 +171,7 @@ class SOAP(KroneckerFactoredOptimizer):
     """
 
     _factor_attributes = {"statistic": "_statistics", "basis": "_bases"}
+    _factor_initializers = {"basis": "identity"}
 
     def __init__(
         self,
@@ -173,6 +184,7 @@ class SOAP(KroneckerFactoredOptimizer):
         precondition_frequency: int = 10,
         block_size: int = 128,
         max_preconditioner_dim: int = 8192,
+        statistics_compute_steps: int = 1,
         paper_exact: bool = False,
         name: str = "soap",
         **kwargs: Any,
@@ -180,9 +192,11 @@ class SOAP(KroneckerFactoredOptimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.paper_exact = check_bool("paper_exact", paper_exact)
         if paper_exact:
-            check_paper_exact("the authors' unshifted power iteration", {"matrix_epsilon": matrix_epsilon},
-                              {"matrix_epsilon": 0.0}, {"matrix_epsilon": 1e-3})
-            matrix_epsilon = 0.0
+            check_paper_exact("the authors' code",
+                              {"matrix_epsilon": matrix_epsilon, "statistics_compute_steps": statistics_compute_steps},
+                              {"matrix_epsilon": 0.0, "statistics_compute_steps": 1},
+                              {"matrix_epsilon": 1e-3, "statistics_compute_steps": 1})
+            matrix_epsilon, statistics_compute_steps = 0.0, 1
         self.beta_1 = check_decay_rate("beta_1", beta_1)
         self.beta_2 = check_decay_rate("beta_2", beta_2)
         self.epsilon = check_non_negative("epsilon", epsilon)
@@ -191,46 +205,48 @@ class SOAP(KroneckerFactoredOptimizer):
         self.precondition_frequency = check_positive_int("precondition_frequency", precondition_frequency)
         self.block_size = check_positive_int("block_size", block_size)
         self.max_preconditioner_dim = check_positive_int("max_preconditioner_dim", max_preconditioner_dim)
+        self.statistics_compute_steps = check_positive_int("statistics_compute_steps", statistics_compute_steps)
 
     def _slot_names(self) -> tuple[str, ...]:
         return ("momentum", "velocity")
 
-    def _rotate(self, tensor: Any, index: int, bases: list[Any], back: bool) -> Any:
-        """``tensor x_i Q_i^T`` over the preconditioned axes (``back``: ``x_i Q_i``), per block."""
-        layout = self._layouts[index]
+    def _rotate_blocks(self, blocks: list[Any], index: int, bases: list[Any], back: bool) -> list[Any]:
+        """``block x_i Q_i^T`` over the preconditioned axes (``back``: ``x_i Q_i``), per region batch."""
         rotated, j = [], 0
-        for block in _split(tensor, layout.chunks):
-            for axis in layout.axes:
-                basis = bases[j] if back else tf.linalg.matrix_transpose(bases[j])
-                block = _mode_product(basis, block, axis)
+        for batch in blocks:
+            for axis in self._layouts[index].axes:
+                batch = _block_mode_product(bases[j], batch, axis, transpose=not back)
                 j += 1
-            rotated.append(block)
-        return _merge(rotated, layout.chunks)
+            rotated.append(batch)
+        return rotated
+
+    def _rotate(self, tensor: Any, index: int, bases: list[Any], back: bool) -> Any:
+        """:meth:`_rotate_blocks` of the whole variable."""
+        layout = self._layouts[index]
+        return layout.from_blocks(self._rotate_blocks(layout.to_blocks(tensor), index, bases, back))
 
     def _refresh_bases(self, index: int, t: Any) -> None:
-        statistics = [tf.convert_to_tensor(s.value) for s in self._statistics[index]]
-        bases = self._bases[index]
-        # Before the first refresh the stored bases are zero: start from the identity.
-        previous = [self._current_basis(b, t) for b in bases]
+        """Every ``precondition_frequency`` steps (and at step 1): one power iteration per basis.
+
+        The first moment, kept in the rotated space, is carried into the
+        new bases: ``m' <- m' x_i (Q_i,new^T Q_i,old)``.
+        """
+        statistics, bases = self._statistics[index], self._bases[index]
+        momentum = self._slots["momentum"][index]
 
         def iterate():
-            pairs = [tf.stack([s, q]) for s, q in zip(statistics, previous)]
-            return _batched(
-                pairs, lambda batch: power_iteration_basis(batch[:, 0], batch[:, 1], self.matrix_epsilon)
-            )
+            return [power_iteration_basis(tf.convert_to_tensor(s), tf.convert_to_tensor(q), self.matrix_epsilon)
+                    for s, q in zip(statistics, bases)]
+
+        def carry_momentum(new):
+            changes = [tf.matmul(q_new, tf.convert_to_tensor(q_old), transpose_a=True)
+                       for q_new, q_old in zip(new, bases)]
+            self.assign(momentum, self._rotate(tf.convert_to_tensor(momentum), index, changes, back=True))
 
         due = tf.logical_or(
             tf.equal(t, 1.0), tf.equal(tf.math.floormod(t, float(self.precondition_frequency)), 0)
         )
-        new = self._refresh(due, statistics, previous, iterate)
-        for basis, value in zip(bases, new):
-            self.assign(basis, value)
-
-    @staticmethod
-    def _current_basis(basis: Any, t: Any) -> Any:
-        """The stored basis, or the identity before the first refresh (step 1)."""
-        identity = tf.eye(basis.shape[0], dtype=basis.dtype)
-        return tf.where(t > 1.0, tf.convert_to_tensor(basis.value), identity)
+        self._refresh(due, statistics, bases, iterate, on_accept=carry_momentum)
 
     def _step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         """The change ``lr * n`` of the variable (updates every state)."""
@@ -239,24 +255,25 @@ class SOAP(KroneckerFactoredOptimizer):
         index = self._get_variable_index(variable)
         layout = self._layouts[index]
         momentum, velocity = self._slot("momentum", variable), self._slot("velocity", variable)
-        self.assign(momentum, self.beta_1 * momentum + (1.0 - self.beta_1) * gradient)
-        first = tf.convert_to_tensor(momentum.value)
         if layout.preconditioned:
-            bases = [self._current_basis(b, t) for b in self._bases[index]]
-            rotated_gradient = self._rotate(gradient, index, bases, back=False)
-            rotated_first = self._rotate(first, index, bases, back=False)
+            bases = [tf.convert_to_tensor(b) for b in self._bases[index]]
+            blocks = layout.to_blocks(gradient)
+            rotated_gradient = layout.from_blocks(self._rotate_blocks(blocks, index, bases, back=False))
         else:
-            rotated_gradient, rotated_first = gradient, first
-        self.assign(velocity, self.beta_2 * velocity + (1.0 - self.beta_2) * ops.square(rotated_gradient))
-        second = tf.convert_to_tensor(velocity.value) / (1.0 - power(self.beta_2, t))
-        direction = (rotated_first / (1.0 - power(self.beta_1, t))) / (ops.sqrt(second) + self.epsilon)
+            rotated_gradient = gradient
+        # m' = Q^T m Q directly: m = beta_1 m + (1 - beta_1) g is linear and the
+        # bases only change at refreshes, which carry m' into the new bases.
+        self.assign_add(momentum, (rotated_gradient - momentum) * (1.0 - self.beta_1))
+        self.assign_add(velocity, (ops.square(rotated_gradient) - velocity) * (1.0 - self.beta_2))
+        # (m' / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon), corrections folded into scalars.
+        step_size, epsilon = adam_step_size(learning_rate, self.beta_1, self.beta_2, self.epsilon, t)
+        direction = momentum / (ops.sqrt(velocity) + epsilon)
         if layout.preconditioned:
-            direction = self._rotate(direction, index, bases, back=True)
-            direction = tf.identity(direction)
-            self._accumulate_statistics(_split(gradient, layout.chunks), index, self.shampoo_beta)
+            direction = tf.identity(self._rotate(direction, index, bases, back=True))
             with tf.control_dependencies([direction]):
+                self._accumulate_statistics(blocks, index, self.shampoo_beta, t)
                 self._refresh_bases(index, t)
-        return learning_rate * direction
+        return step_size * direction
 
     def _authors_step(self, gradient: Any, variable: Any, learning_rate: Any, t: Any) -> Any:
         """One call of the authors' ``step`` (``paper_exact``): the change of the variable."""
@@ -265,7 +282,7 @@ class SOAP(KroneckerFactoredOptimizer):
         momentum, velocity = self._slot("momentum", variable), self._slot("velocity", variable)
         first = tf.equal(t, 1.0)
         s = tf.maximum(t - 1.0, 1.0)  # the authors' step count (unused at the first call)
-        bases = [tf.convert_to_tensor(b.value) for b in self._bases[index]]
+        bases = [tf.convert_to_tensor(b) for b in self._bases[index]]
         new_first = self.beta_1 * momentum + (1.0 - self.beta_1) * gradient
         if layout.preconditioned:
             rotated_gradient = self._rotate(gradient, index, bases, back=False)
@@ -283,7 +300,7 @@ class SOAP(KroneckerFactoredOptimizer):
         new_second = tf.where(first, tf.convert_to_tensor(velocity.value), new_second)
         if layout.preconditioned:
             with tf.control_dependencies([change]):
-                self._accumulate_statistics([gradient], index, self.shampoo_beta)
+                self._accumulate_statistics([gradient[None]], index, self.shampoo_beta, t)
                 new_second = self._authors_refresh(index, first, t - 1.0, new_second)
         self.assign(velocity, new_second)
         return change
@@ -291,25 +308,24 @@ class SOAP(KroneckerFactoredOptimizer):
     def _authors_refresh(self, index: int, first: Any, s: Any, second: Any) -> Any:
         """Eigenbases at the first call, sorted power iteration when due; returns ``v`` (permuted)."""
         layout = self._layouts[index]
-        statistics = [tf.convert_to_tensor(f.value) for f in self._statistics[index]]
-        previous = [tf.convert_to_tensor(b.value) for b in self._bases[index]]
+        # One block per variable (no blocks in this mode): batches of one matrix.
+        statistics = [tf.convert_to_tensor(f)[0] for f in self._statistics[index]]
+        previous = [tf.convert_to_tensor(b)[0] for b in self._bases[index]]
         orders = [sorting_order(f, q) for f, q in zip(statistics, previous)]
 
         def compute():
-            return tf.cond(
+            return [basis[None] for basis in tf.cond(
                 first,
                 lambda: [descending_eigenbasis(f) for f in statistics],
                 lambda: [sorted_power_iteration(f, q, o) for f, q, o in zip(statistics, previous, orders)],
-            )
+            )]
 
         due = tf.logical_or(
             first,
             tf.logical_and(s > 0, tf.equal(tf.math.floormod(s, float(self.precondition_frequency)), 0)),
         )
-        new, accepted = self._refresh_if_finite(due, statistics, previous, compute)
-        for basis, value in zip(self._bases[index], new):
-            self.assign(basis, value)
-        # One block per variable (no blocks in this mode): factor j is axis layout.axes[j].
+        accepted = self._refresh(due, self._statistics[index], self._bases[index], compute)
+        # Factor j is axis layout.axes[j].
         permuted = second
         for order, axis in zip(orders, layout.axes):
             permuted = tf.gather(permuted, order, axis=axis)

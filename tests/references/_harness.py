@@ -52,3 +52,23 @@ def reference_for(module, learning_rate, **hyper):
     """The list-level reference of a reference module."""
     kind = WholeStep if getattr(module, "WHOLE_STEP", False) else PerTensor
     return kind(module, learning_rate, **hyper)
+
+
+def run_beside(optimizer, reference, shapes, seed, steps=30):
+    """``steps`` float64 steps of a Keras ``optimizer`` and a list-level ``reference`` side by side.
+
+    Weights start at N(0, 1) draws of ``shapes`` and each gradient is that of
+    ``|w|^2 / 2`` plus N(0, 1/4) noise (seeded by ``seed``). Returns the
+    optimizer's final weights and the reference's, as NumPy arrays.
+    """
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    params = [rng.normal(size=s) for s in shapes]
+    variables = [keras.Variable(p, dtype="float64") for p in params]
+    for _ in range(steps):
+        grads = [p + 0.5 * rng.normal(size=p.shape) for p in params]
+        optimizer.apply([tf.constant(g) for g in grads], variables)
+        params = reference.step(params, grads)
+    return [v.numpy() for v in variables], params

@@ -22,12 +22,17 @@ With the practical choices of Anil, Gupta, Koren, Regan, Singer (2020),
 Before preconditioning starts (and for tensors without a preconditioned
 dimension) the grafting step itself is used (the gradient when grafting is
 None).
+Roots: root_method="eigh" by eigendecomposition (inverse_root below),
+"newton" by the coupled Newton iteration of references/coupled_newton.py,
+whose damping uses a power-iteration estimate of lambda_max.
+Statistics (Distributed Shampoo's statistics_compute_steps = k) are
+accumulated at steps 1, 1 + k, 1 + 2k, ... only.
 """
 import itertools
 
 import numpy as np
 
-from references import shampoo_gupta2018
+from references import coupled_newton, shampoo_gupta2018
 
 
 def _block_starts(size, block_size):
@@ -97,7 +102,8 @@ def init_state(param, *, block_size=128, max_preconditioner_dim=8192, paper_exac
 def update(param, grad, state, t, learning_rate, *, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
            statistics_decay=0.999, matrix_epsilon=1e-3, precondition_frequency=10,
            start_preconditioning_step=10, block_size=128, max_preconditioner_dim=8192,
-           exponent_override=None, grafting="adam", paper_exact=False):
+           exponent_override=None, grafting="adam", root_method="eigh", statistics_compute_steps=1,
+           paper_exact=False):
     """Return the new parameter after step t (1-based). Mutates state."""
     if paper_exact:
         return shampoo_gupta2018.update(param, grad, state, t, learning_rate,
@@ -123,15 +129,18 @@ def update(param, grad, state, t, learning_rate, *, beta_1=0.9, beta_2=0.999, ep
             (t - start_preconditioning_step) % precondition_frequency == 0
         )
         shampoo = np.zeros_like(g)
+        accumulate = (t - 1) % statistics_compute_steps == 0
         for b, blk in enumerate(state["blocks"]):
             gb = g[blk]
             for k, d in enumerate(dims):
-                if statistics_decay == 1.0:
-                    state["H"][b][k] = state["H"][b][k] + unfolded_gram(gb, d)
-                else:
+                if accumulate:
                     state["H"][b][k] = (statistics_decay * state["H"][b][k]
-                                        + (1.0 - statistics_decay) * unfolded_gram(gb, d))
-                if refresh:
+                                        + (1.0 - statistics_decay) * unfolded_gram(gb, d)
+                                        if statistics_decay != 1.0
+                                        else state["H"][b][k] + unfolded_gram(gb, d))
+                if refresh and root_method == "newton":
+                    state["R"][b][k] = coupled_newton.inverse_root(state["H"][b][k], p, matrix_epsilon)[0]
+                elif refresh:
                     state["R"][b][k] = inverse_root(state["H"][b][k], p, matrix_epsilon)
             if t >= start_preconditioning_step:
                 pb = gb

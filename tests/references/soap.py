@@ -23,7 +23,8 @@ rank-deficient (an eigendecomposition's basis of a degenerate eigenspace is
 arbitrary). Order-k tensors: Q_i^T applied along every
 preconditioned dimension i. Blocking and the dimensions that are not
 preconditioned (1-D tensors, dimensions > max_preconditioner_dim: identity)
-follow Shampoo's reference layout.
+follow Shampoo's reference layout. statistics_compute_steps = k accumulates
+L and R at steps 1, 1 + k, 1 + 2k, ... only (the refresh schedule is unchanged).
 """
 import numpy as np
 
@@ -68,7 +69,7 @@ def _power_iteration(p, q, matrix_epsilon):
 
 def update(param, grad, state, t, learning_rate, *, beta_1=0.95, beta_2=0.95, epsilon=1e-8,
            shampoo_beta=0.95, matrix_epsilon=1e-3, precondition_frequency=10, block_size=128,
-           max_preconditioner_dim=8192, paper_exact=False):
+           max_preconditioner_dim=8192, statistics_compute_steps=1, paper_exact=False):
     """Return the new parameter after step t (1-based). Mutates state."""
     if paper_exact:
         return soap_authors.update(param, grad, state, t, learning_rate, beta_1=beta_1, beta_2=beta_2,
@@ -92,9 +93,9 @@ def update(param, grad, state, t, learning_rate, *, beta_1=0.95, beta_2=0.95, ep
         gb = g[blk]
         for k, d in enumerate(dims):
             stat = unfolded_gram(gb, d)
-            if shampoo_beta == 1.0:
+            if (t - 1) % statistics_compute_steps == 0 and shampoo_beta == 1.0:
                 state["L"][b][k] = state["L"][b][k] + stat
-            else:
+            elif (t - 1) % statistics_compute_steps == 0:
                 state["L"][b][k] = shampoo_beta * state["L"][b][k] + (1.0 - shampoo_beta) * stat
             if t == 1 or t % precondition_frequency == 0:
                 state["Q"][b][k] = _power_iteration(state["L"][b][k], state["Q"][b][k], matrix_epsilon)
