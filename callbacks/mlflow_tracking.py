@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -13,7 +14,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 import keras
 import numpy as np
@@ -236,7 +237,9 @@ class MLflowTracking(keras.callbacks.Callback):
         self._resumes = 0
         self._best_step = 0
         self._gradient_norm: Any = None
-        self._iterations_at_batch_end: int | None = None
+        # The optimizer step is counted in Python between reads of the device counter (one per
+        # epoch, plus one per logged step): steps that log nothing cost no round trip.
+        self._steps_before_epoch: int | None = None
         self._client: Any = None
         self._sink: Sink | None = None
         self._active = False
@@ -246,6 +249,9 @@ class MLflowTracking(keras.callbacks.Callback):
         self._directory: Path | None = None
         self._temporary: tempfile.TemporaryDirectory | None = None
         self._snapshot: list[np.ndarray] | None = None
+        # Without a backup_dir the best epoch's weights and optimizer state wait in memory and
+        # best.keras is written once, when the run ends (however it ends, hooks included).
+        self._best_state: tuple[list[np.ndarray], list[np.ndarray]] | None = None
         self._learning_rate_at_step: float | None = None
         # Process-wide on purpose, and only while a run is open (installed
         # when it starts, removed when it ends).
@@ -287,7 +293,8 @@ class MLflowTracking(keras.callbacks.Callback):
         self._ended = False
         self._history, self._best, self._best_step = [], None, 0
         self._last_steps, self._resumes = {}, 0
-        self._iterations_at_batch_end = None  # BackupAndRestore may restore the counter after this
+        self._steps_before_epoch = None  # BackupAndRestore may restore the counter after this
+        self._best_state = None
         self._run_id = self._creation = None
         self._experiment_id = target.experiment_id
         self._owns_run = target.attach_to is None
@@ -546,22 +553,31 @@ class MLflowTracking(keras.callbacks.Callback):
     def _logging_step(self, step: int) -> bool:
         return step % self.log_every_n_steps == 0
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._active:  # after every on_train_begin: BackupAndRestore has restored the counter
+            self._steps_before_epoch = self._iterations()
+
+    def _counted_step(self, batch: int) -> int:
+        """The optimizer step after ``batch`` of this epoch, counted without reading the device."""
+        if self._steps_before_epoch is None:  # batch hooks called outside Keras's epoch loop
+            self._steps_before_epoch = self._iterations() - batch
+        return self._steps_before_epoch + batch + 1
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if not self._active:
-            return
-        # Nothing moves the counter between one batch's end and the next's
-        # begin: one read per step (at the end) is enough.
-        done = self._iterations_at_batch_end
-        if not self._logging_step((self._iterations() if done is None else done) + 1):
+        if not self._active or not self._logging_step(self._counted_step(batch)):
             return
         self._learning_rate_at_step = _learning_rate(self.model.optimizer)
-        self._snapshot = [np.array(w) for w in self.model.trainable_weights]
+        self._snapshot = [_host_copy(w) for w in self.model.trainable_weights]
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if not self._active:
+        if not self._active or not self._logging_step(self._counted_step(batch)):
             return
-        step = self._iterations_at_batch_end = self._iterations()
+        # A step that did not move the counter (a loss-scale optimizer skipping a non-finite
+        # step) shifts the count: the device's counter is read at every step that logs.
+        step = self._iterations()
+        self._steps_before_epoch = step - batch - 1
         if not self._logging_step(step):
+            self._snapshot = None
             return
         values = {f"batch.{key}": value for key, value in (logs or {}).items()}
         if self._learning_rate_at_step is not None:
@@ -633,7 +649,39 @@ class MLflowTracking(keras.callbacks.Callback):
         better = self._best is None or (value < self._best if mode == "min" else value > self._best)
         if better and np.isfinite(value):
             self._best, self._best_step = value, self._iterations()
-            self.model.save(self._directory / "best.keras")
+            if self._resume_state is not None:  # on disk at once: a kill -9 must not lose it
+                self.model.save(self._directory / "best.keras")
+            else:
+                self._best_state = (
+                    [_host_copy(w) for w in self.model.weights],
+                    [_host_copy(v) for v in self._optimizer_variables()],
+                )
+
+    def _optimizer_variables(self) -> list[Any]:
+        optimizer = getattr(self.model, "optimizer", None)
+        return list(optimizer.variables) if optimizer is not None else []
+
+    @contextlib.contextmanager
+    def _best_weights(self) -> Iterator[None]:
+        """The model holds the best epoch's weights and optimizer state inside, its own after."""
+        weights, slots = self._best_state
+        variables = list(self.model.weights) + self._optimizer_variables()
+        current = [_host_copy(v) for v in variables]
+        try:
+            for variable, value in zip(variables, weights + slots):
+                variable.assign(value)
+            yield
+        finally:
+            for variable, value in zip(variables, current):
+                variable.assign(value)
+
+    def _write_best_model(self, path: Path) -> bool:
+        """best.keras from the weights kept in memory; False if none are (no best, or on disk already)."""
+        if self._best_state is None:
+            return False
+        with self._best_weights():
+            self.model.save(path)
+        return True
 
     # -- artifacts -----------------------------------------------------------
     def _log_artifacts(self, failure: str | None, logged_models: bool) -> None:
@@ -648,6 +696,11 @@ class MLflowTracking(keras.callbacks.Callback):
         except Exception as error:  # noqa: BLE001 - a model that cannot be saved must not hide the status
             (directory / "final_model_error.txt").write_text(repr(error))
             files.append((directory / "final_model_error.txt", "model"))
+        try:
+            self._write_best_model(directory / "best.keras")
+        except Exception as error:  # noqa: BLE001 - as for the final model
+            (directory / "best_model_error.txt").write_text(repr(error))
+            files.append((directory / "best_model_error.txt", "model"))
         if (directory / "best.keras").exists():
             files.append((directory / "best.keras", "model"))
         summary = io.StringIO()
@@ -712,16 +765,21 @@ class MLflowTracking(keras.callbacks.Callback):
             except Exception as error:  # noqa: BLE001
                 print(f"MLflowTracking: no MLflow logged models: {error!r}", file=sys.stderr)
                 return
-        models = [("final", self.model, self._iterations())]
-        if (directory / "best.keras").exists():
-            models.append(("best", directory / "best.keras", self._best_step))
-        for name, model, step in models:
-            try:
-                if isinstance(model, Path):
-                    model = keras.models.load_model(model)
+        self._log_model("final", example, self._iterations())
+        if self._best_state is not None:  # in memory: logged from the model itself, not reloaded
+            self._log_model("best", example, self._best_step, in_memory=True)
+        elif (directory / "best.keras").exists():
+            self._log_model("best", example, self._best_step, path=directory / "best.keras")
+
+    def _log_model(self, name: str, example: np.ndarray, step: int, path: Path | None = None,
+                   in_memory: bool = False) -> None:
+        """One MLflow logged model: this model, its best weights, or the ``.keras`` file at ``path``."""
+        try:
+            with self._best_weights() if in_memory else contextlib.nullcontext():
+                model = keras.models.load_model(path) if path is not None else self.model
                 log_keras_model(self._client, self.run_id, self._experiment_id, model, name, example, step)
-            except Exception as error:  # noqa: BLE001 - the .keras files are logged; say what failed
-                print(f"MLflowTracking: could not log the MLflow model {name!r}: {error!r}", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - the .keras files are logged; say what failed
+            print(f"MLflowTracking: could not log the MLflow model {name!r}: {error!r}", file=sys.stderr)
 
     # -- process hooks (callbacks/_process_hooks.py): never leave a run RUNNING -------
     def _on_uncaught(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -746,9 +804,24 @@ def _learning_rate(optimizer: Any) -> float | None:
         return None
 
 
+def _host_copy(variable: Any) -> np.ndarray:
+    """The variable's value now, as a NumPy array later assignments do not change.
+
+    TensorFlow's ``.numpy()`` hands over the tensor it read (an assignment
+    copies the variable's buffer before changing it, so the array keeps the
+    old value): cheaper than ``np.array(variable)``, which copies again.
+    """
+    value = getattr(variable, "value", variable)
+    return value.numpy() if hasattr(value, "numpy") else np.array(value)
+
+
 def _update_norms(before: list[np.ndarray], weights: list[Any]) -> dict[str, float]:
-    update = sum(float(np.sum(np.square(np.asarray(w, np.float64) - b))) for b, w in zip(before, weights))
-    size = sum(float(np.sum(np.square(np.asarray(b, np.float64)))) for b in before)
+    update = size = 0.0
+    for old, weight in zip(before, weights):
+        old = old.ravel().astype(np.float64)
+        change = _host_copy(weight).ravel() - old
+        update += float(np.dot(change, change))
+        size += float(np.dot(old, old))
     norm = float(np.sqrt(update))
     return {"update_norm": norm, "update_to_weight_ratio": norm / np.sqrt(size) if size > 0 else 0.0}
 
