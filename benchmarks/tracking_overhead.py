@@ -121,7 +121,7 @@ class _Bench:
         self.initial_weights = self.models[VARIANTS[0]].get_weights()
         for model in self.models.values():
             model.optimizer.build(model.trainable_variables)
-        self.initial_optimizer = [np.array(v) for v in self.models[VARIANTS[0]].optimizer.variables]
+        self.initial_optimizer = [v.numpy() for v in self.models[VARIANTS[0]].optimizer.variables]
         self.last: dict[str, tuple[str, int]] = {}  # variant -> (run id, epochs) of its last tracked fit
 
     def steps_per_epoch(self) -> int:
