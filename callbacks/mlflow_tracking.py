@@ -101,7 +101,9 @@ class MLflowTracking(keras.callbacks.Callback):
       skipped by ``SkipNonFinite`` (``skipped_steps``), at
       ``step = optimizer iterations``.
     - **artifacts**: ``model/final.keras`` and ``model/best.keras`` (by
-      ``monitor``), ``model_summary.txt``, ``history.csv``,
+      ``monitor``: the best epoch's weights and optimizer state are kept in
+      memory and written once, when the run ends, however it ends; with
+      ``backup_dir``, on disk at every improving epoch), ``model_summary.txt``, ``history.csv``,
       ``learning_curves.png``, ``optimizer.json``; the training data's digest
       and shape through ``log_input`` when ``training_data`` is given. When
       the run ends FINISHED, the final and best models are also MLflow
@@ -121,7 +123,8 @@ class MLflowTracking(keras.callbacks.Callback):
     The run id, the epoch history and the best model wait in
     ``<backup_dir>.mlflow-run/``, deleted when the run ends FINISHED.
 
-    **Outage.** Records go through an asynchronous sink that batches them;
+    **Outage.** Records go through an asynchronous sink that batches them
+    (sent at least every second, and at every flush);
     while the tracking server does not answer they are spooled to a journal
     on disk and replayed in order when it answers again (``optsuite
     tracking replay`` sends what is left). If it does not answer when
