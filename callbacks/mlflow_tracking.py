@@ -560,7 +560,9 @@ class MLflowTracking(keras.callbacks.Callback):
         return step % self.log_every_n_steps == 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self._active:  # after every on_train_begin: BackupAndRestore has restored the counter
+        # The first epoch reads the counter after every on_train_begin (BackupAndRestore has restored
+        # it by then); the next ones start where the last epoch's end read it.
+        if self._active and self._steps_before_epoch is None:
             self._steps_before_epoch = self._iterations()
 
     def _counted_step(self, batch: int) -> int:
@@ -601,7 +603,7 @@ class MLflowTracking(keras.callbacks.Callback):
         if not self._active:
             return
         logs = dict(logs or {})
-        step = self._iterations()
+        step = self._steps_before_epoch = self._iterations()
         completed = epoch + 1  # Keras's "Epoch 1/n" ends here
         if all(row["epoch"] != completed for row in self._history):  # a resumed job may redo an epoch
             self._history.append({"epoch": completed, "step": step, **{k: float(v) for k, v in logs.items()}})
@@ -772,6 +774,9 @@ class MLflowTracking(keras.callbacks.Callback):
             except Exception as error:  # noqa: BLE001
                 print(f"MLflowTracking: no MLflow logged models: {error!r}", file=sys.stderr)
                 return
+        # The models are linked to the run's metrics at their step, read back from the store: the
+        # records still waiting in the sink (up to a second's worth) must be there first.
+        self._sink.flush(self.flush_timeout)
         self._log_model("final", example, self._iterations())
         if self._best_state is not None:  # in memory: logged from the model itself, not reloaded
             self._log_model("best", example, self._best_step, in_memory=True)

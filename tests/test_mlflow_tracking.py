@@ -131,6 +131,8 @@ def test_embedded_store_gets_the_complete_record(digits, tmp_path, monkeypatch):
     final = client.get_logged_model(outputs["final"].model_id)
     assert final.experiment_id == run.info.experiment_id and final.source_run_id == tracking.run_id
     assert outputs["final"].step == int(model.optimizer.iterations.numpy())
+    linked = {m.key: m.value for m in final.metrics or [] if m.step == outputs["final"].step}
+    assert linked.get("loss") == pytest.approx(history.history["loss"][-1], rel=1e-6), "the last epoch's metrics"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     info = mlflow.models.get_model_info(f"models:/{final.model_id}")
     assert info.signature.inputs.inputs[0].shape == (-1, 64)
