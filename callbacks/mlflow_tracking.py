@@ -173,7 +173,8 @@ class MLflowTracking(keras.callbacks.Callback):
             of the same ``fit``, to continue the run after a restart; None
             starts a new run every time. Defaults to `None`.
         log_model: log the final and best models as MLflow logged models
-            when the run ends FINISHED (about a second each). Defaults to `True`.
+            when the run ends FINISHED (about 0.07 s of CPU each for a small
+            model). Defaults to `True`.
         nested: inside an active run, make a child run of it instead of
             logging into it. Defaults to `False`.
         parent_run_id: make the run a child of this run (tag
