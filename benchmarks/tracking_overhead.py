@@ -1,8 +1,8 @@
-"""Cost of tracking a Keras ``fit`` in MLflow: no callback vs MLflow's ``MlflowCallback`` vs ``MLflowTracking``.
+"""Cost of tracking a Keras ``fit`` in MLflow, split into a per-epoch and a fixed cost.
 
 An MLP (64 -> 256 -> 256 -> 10, Adam) trains on scikit-learn's digits
 (1,797 8x8 images, shipped with scikit-learn: no download) with batch 32 and
-``validation_split=0.2`` (45 steps per epoch) for a fixed number of epochs,
+``validation_split=0.2`` (45 steps per epoch, validation at every epoch end)
 three ways:
 
 - ``no callback``: plain ``fit``;
@@ -11,28 +11,38 @@ three ways:
   (it needs an active run; it logs asynchronously, and ``end_run`` flushes);
 - ``MLflowTracking``: ours, ``log_every_n_steps=10``; it creates its run in
   ``on_train_begin`` and, in ``on_train_end``, saves and uploads the final
-  and best ``.keras`` models, the summary, history and plots, then flushes
-  (bounded).
+  and best ``.keras`` models, the summary, history and plots, logs the two
+  MLflow logged models, then flushes (bounded).
+
+Each variant trains twice per round, a short fit (``--short`` epochs,
+default 5: 225 steps) and a long one (``--long``, default 45: 2,025 steps),
+each time from the same initial weights. Every time is taken from the
+start of the run (``start_run`` for MLflow's callback; ours creates it
+inside ``fit``) to the run ended and flushed (``end_run``; ours'
+``on_train_end``), so with ``T(E)`` the time of an ``E``-epoch fit:
+
+- **per epoch** = ``(T(long) - T(short)) / (long - short)``: what every
+  epoch costs, per-step logging, epoch records and best-model bookkeeping
+  included; the ratio is to ``no callback``'s;
+- **fixed** = ``T(short) - short x per epoch``: what a run costs whatever
+  its length (run start and end, artifacts, logged models, trace of the
+  train step), shown as the extra over ``no callback``'s fixed time.
+
+Both are computed per round and the median over rounds is reported, with
+wall time (what a user waits) and the process's CPU time (all its threads;
+steadier on a loaded machine, but blind to waiting: MLflow's ``end_run``
+sleeps on its logging thread, and a server's work is in another process).
+Variants run interleaved round-robin in one process, after an untimed
+warm-up round per store that also traces ``fit`` and creates the database
+schema.
 
 Two stores: the embedded SQLite store (``sqlite:///<tmp>/mlruns/mlflow.db``)
 and a local ``mlflow server`` with a SQLite backend on 127.0.0.1, which the
 benchmark starts (``tests/mlflow_server.py``) and always stops. Everything is
 written under a temporary directory that is removed at the end.
 
-Columns, per variant, median over repeats (variants interleaved round-robin in
-one process, after an untimed warm-up round of every variant per store that
-also traces ``fit`` and creates the database schema):
-
-- **fit s**: from creating the run (``start_run`` before ``fit`` for
-  MLflow's callback; ours creates it inside ``fit``) to the moment Keras
-  starts ``on_train_end``: what training pays, per-step logging included.
-- **fit + run end s**: the same start to the run ended and flushed
-  (``end_run`` for MLflow's callback; ours' ``on_train_end``, where it
-  uploads its artifacts).
-
-Ratios are to ``no callback`` on the same store.
-
-    .venv/bin/python benchmarks/tracking_overhead.py [--repeats 5] [--epochs 5] [--store embedded|server|both]
+    .venv/bin/python benchmarks/tracking_overhead.py [--repeats 5] [--short 5] [--long 45]
+        [--store embedded|server|both]
 """
 
 from __future__ import annotations
@@ -66,24 +76,19 @@ from mlflow_server import MlflowServer  # noqa: E402
 
 LOG_EVERY_N_STEPS = 10
 BATCH_SIZE = 32
+VALIDATION_SPLIT = 0.2
 HIDDEN_UNITS = (256, 256)
 VARIANTS = ("no callback", "mlflow.keras.MlflowCallback", "MLflowTracking (ours)")
 EXPERIMENT = "tracking-overhead"
+CLOCKS = ("wall", "cpu")
 
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class _Clock(keras.callbacks.Callback):
-    """Records when Keras starts ``on_train_end``; placed first, so before any tracking callback's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.train_end: float | None = None
-
-    def on_train_end(self, logs=None) -> None:
-        self.train_end = time.perf_counter()
+def _now() -> dict[str, float]:
+    return {"wall": time.perf_counter(), "cpu": time.process_time()}
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
@@ -107,49 +112,57 @@ def _model(features: int) -> keras.Model:
 class _Bench:
     """One model and data set; times one ``fit`` of a variant against one store."""
 
-    def __init__(self, epochs: int, root: Path) -> None:
+    def __init__(self, root: Path) -> None:
         self.x, self.y = _data()
-        self.epochs = epochs
         self.root = root
-        self.model = _model(self.x.shape[1])
-        self.initial_weights = self.model.get_weights()
-        self.run_ids: dict[str, list[str]] = {}
+        # One model per variant: ours adds the gradient-norm probe to its model's train step, which
+        # must not reach the untracked fit. Same initial weights and optimizer state for all.
+        self.models = {variant: _model(self.x.shape[1]) for variant in VARIANTS}
+        self.initial_weights = self.models[VARIANTS[0]].get_weights()
+        for model in self.models.values():
+            model.optimizer.build(model.trainable_variables)
+        self.initial_optimizer = [v.numpy() for v in self.models[VARIANTS[0]].optimizer.variables]
+        self.last: dict[str, tuple[str, int]] = {}  # variant -> (run id, epochs) of its last tracked fit
 
-    def _fit(self, callbacks: list) -> None:
-        self.model.fit(self.x, self.y, batch_size=BATCH_SIZE, epochs=self.epochs,
-                       validation_split=0.2, verbose=0, callbacks=callbacks)
+    def steps_per_epoch(self) -> int:
+        return int(np.ceil(int(len(self.x) * (1 - VALIDATION_SPLIT)) / BATCH_SIZE))
 
-    def run(self, variant: str, uri: str, experiment_id: str) -> tuple[float, float]:
-        """(fit seconds, fit + run end seconds) of one ``fit``."""
-        self.model.set_weights(self.initial_weights)  # same work every time
-        clock = _Clock()
+    def _fit(self, variant: str, epochs: int, callbacks: list) -> None:
+        self.models[variant].fit(self.x, self.y, batch_size=BATCH_SIZE, epochs=epochs,
+                       validation_split=VALIDATION_SPLIT, verbose=0, callbacks=callbacks)
+
+    def run(self, variant: str, uri: str, experiment_id: str, epochs: int) -> dict[str, float]:
+        """Seconds of one ``epochs``-epoch fit from the run's start to its end, per clock."""
+        model = self.models[variant]
+        model.set_weights(self.initial_weights)  # same work every time: weights and optimizer state
+        for variable, value in zip(model.optimizer.variables, self.initial_optimizer):
+            variable.assign(value)
         if variant == VARIANTS[0]:
-            start = time.perf_counter()
-            self._fit([clock])
+            start = _now()
+            self._fit(variant, epochs, [])
         elif variant == VARIANTS[1]:
             mlflow.set_tracking_uri(uri)
-            start = time.perf_counter()
+            start = _now()
             with mlflow.start_run(experiment_id=experiment_id) as run:
                 theirs = mlflow.keras.MlflowCallback(log_every_epoch=False, log_every_n_steps=LOG_EVERY_N_STEPS)
-                self._fit([clock, theirs])
-            self.run_ids.setdefault(f"{uri} {variant}", []).append(run.info.run_id)
+                self._fit(variant, epochs, [theirs])
+            self.last[variant] = (run.info.run_id, epochs)
         else:
-            start = time.perf_counter()
+            start = _now()
             with MLflowTracking(experiment=EXPERIMENT, tracking_uri=uri, log_every_n_steps=LOG_EVERY_N_STEPS,
                                 journal_path=self.root / "journal.jsonl") as ours:
-                self._fit([clock, ours])
-            self.run_ids.setdefault(f"{uri} {variant}", []).append(ours.run_id)
-        done = time.perf_counter()
-        return clock.train_end - start, done - start
+                self._fit(variant, epochs, [ours])
+            self.last[variant] = (ours.run_id, epochs)
+        end = _now()
+        return {clock: end[clock] - start[clock] for clock in CLOCKS}
 
 
 def _check_logged(uri: str, bench: _Bench) -> None:
     """Both tracked variants really logged every 10 steps and ended FINISHED (sanity, untimed)."""
     client = mlflow.MlflowClient(uri)
-    steps_per_run = bench.epochs * int(np.ceil(len(bench.x) * 0.8 / BATCH_SIZE))
-    expected = steps_per_run // LOG_EVERY_N_STEPS
     for variant, metric in ((VARIANTS[1], "loss"), (VARIANTS[2], "batch.loss")):
-        run_id = bench.run_ids[f"{uri} {variant}"][-1]
+        run_id, epochs = bench.last[variant]
+        expected = epochs * bench.steps_per_epoch() // LOG_EVERY_N_STEPS
         run = client.get_run(run_id)
         points = len(client.get_metric_history(run_id, metric))
         _progress(f"  check {variant}: status {run.info.status}, {points} '{metric}' points "
@@ -158,66 +171,89 @@ def _check_logged(uri: str, bench: _Bench) -> None:
             raise RuntimeError(f"{variant} did not log as expected on {uri}: {run.info.status}, {points} points")
 
 
-def _measure(store: str, uri: str, bench: _Bench, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
+Times = dict[str, list[dict[str, float]]]  # variant -> one {"per_epoch_<clock>", "fixed_<clock>"} per round
+
+
+def _measure(store: str, uri: str, bench: _Bench, repeats: int, short: int, long: int) -> Times:
     experiment_id = get_or_create_experiment(mlflow.MlflowClient(uri), EXPERIMENT)
     _progress(f"[{store}] warm-up round ({uri})")
     for variant in VARIANTS:
-        fit_seconds, total_seconds = bench.run(variant, uri, experiment_id)
-        _progress(f"  warm-up {variant}: fit {fit_seconds:.2f} s, fit + run end {total_seconds:.2f} s")
+        seconds = bench.run(variant, uri, experiment_id, short)
+        _progress(f"  warm-up {variant}: {seconds['wall']:.2f} s")
     _check_logged(uri, bench)
-    times: dict[str, tuple[list[float], list[float]]] = {variant: ([], []) for variant in VARIANTS}
+    times: Times = {variant: [] for variant in VARIANTS}
     for repeat in range(repeats):  # interleaved: drift in machine load hits every variant alike
         for variant in VARIANTS:
-            fit_seconds, total_seconds = bench.run(variant, uri, experiment_id)
-            times[variant][0].append(fit_seconds)
-            times[variant][1].append(total_seconds)
-            _progress(f"[{store}] repeat {repeat + 1}/{repeats} {variant}: fit {fit_seconds:.2f} s, "
-                      f"fit + run end {total_seconds:.2f} s")
+            short_seconds = bench.run(variant, uri, experiment_id, short)
+            long_seconds = bench.run(variant, uri, experiment_id, long)
+            estimate = {}
+            for clock in CLOCKS:
+                per_epoch = (long_seconds[clock] - short_seconds[clock]) / (long - short)
+                estimate[f"per_epoch_{clock}"] = per_epoch
+                estimate[f"fixed_{clock}"] = short_seconds[clock] - short * per_epoch
+            times[variant].append(estimate)
+            _progress(f"[{store}] repeat {repeat + 1}/{repeats} {variant}: {short} epochs "
+                      f"{short_seconds['wall']:.2f} s wall / {short_seconds['cpu']:.2f} s CPU, {long} epochs "
+                      f"{long_seconds['wall']:.2f} / {long_seconds['cpu']:.2f} s")
+    _check_logged(uri, bench)  # the long fits logged too
     return times
 
 
-def _rows(store: str, times: dict[str, tuple[list[float], list[float]]]) -> list[str]:
-    base_fit, base_total = (statistics.median(values) for values in times[VARIANTS[0]])
+def _rows(store: str, times: Times) -> list[str]:
+    def median(variant: str, key: str) -> float:
+        return statistics.median(estimate[key] for estimate in times[variant])
+
+    base = {key: median(VARIANTS[0], key) for key in times[VARIANTS[0]][0]}
     rows = []
     for variant in VARIANTS:
-        fit_seconds, total_seconds = (statistics.median(values) for values in times[variant])
-        rows.append(f"| {store} | {variant} | {fit_seconds:.2f} | {fit_seconds / base_fit:.2f}x | "
-                    f"{total_seconds:.2f} | {total_seconds / base_total:.2f}x |")
+        cells = [store, variant]
+        for clock in CLOCKS:
+            per_epoch = median(variant, f"per_epoch_{clock}")
+            cells += [f"{per_epoch * 1000:.1f}", f"{per_epoch / base[f'per_epoch_{clock}']:.3f}x"]
+        for clock in CLOCKS:
+            extra = median(variant, f"fixed_{clock}") - base[f"fixed_{clock}"]
+            cells.append(f"{extra:+.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--short", type=int, default=5, help="epochs of the short fit (45 steps each)")
+    parser.add_argument("--long", type=int, default=45, help="epochs of the long fit (45 steps each)")
     parser.add_argument("--store", choices=("embedded", "server", "both"), default="both")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.epochs < 1:
-        parser.error(f"--repeats and --epochs must be >= 1, got repeats={args.repeats}, epochs={args.epochs}")
+    if args.repeats < 1 or args.short < 1 or args.long <= args.short:
+        parser.error(f"need --repeats >= 1 and 1 <= --short < --long, got repeats={args.repeats}, "
+                     f"short={args.short}, long={args.long}")
     keras.utils.set_random_seed(0)
     rows: list[str] = []
     # MLflow prints "View run ... at: <url>" to stdout when a run on a server ends: keep stdout for the table.
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="tracking-overhead-") as directory:
         root = Path(directory)
-        bench = _Bench(args.epochs, root)
+        bench = _Bench(root)
         if args.store in ("embedded", "both"):
             uri = default_tracking_uri(root / "mlruns")
-            rows += _rows("embedded SQLite", _measure("embedded", uri, bench, args.repeats))
+            rows += _rows("embedded SQLite", _measure("embedded", uri, bench, args.repeats, args.short, args.long))
         if args.store in ("server", "both"):
             server = MlflowServer(root / "server")
             try:
                 server.start()
                 _progress(f"[server] mlflow server up in {server.last_start_seconds:.1f} s at {server.uri}")
-                rows += _rows("local server", _measure("server", server.uri, bench, args.repeats))
+                rows += _rows("local server",
+                              _measure("server", server.uri, bench, args.repeats, args.short, args.long))
             finally:
                 server.stop()
-    steps = args.epochs * int(np.ceil(len(bench.x) * 0.8 / BATCH_SIZE))
+    steps = bench.steps_per_epoch()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, MLflow {mlflow.__version__}, "
           f"Python {platform.python_version()}, {os.cpu_count()} CPUs; MLP {HIDDEN_UNITS} on digits, "
-          f"batch {BATCH_SIZE}, {args.epochs} epochs ({steps} steps), logging every {LOG_EVERY_N_STEPS} steps; "
-          f"median of {args.repeats} interleaved repeats")
-    print("| store | variant | fit s | ratio | fit + run end s | ratio |")
-    print("|---|---|---:|---:|---:|---:|")
+          f"batch {BATCH_SIZE}, {steps} steps per epoch, fits of {args.short} and {args.long} epochs "
+          f"({args.short * steps} and {args.long * steps} steps), logging every {LOG_EVERY_N_STEPS} steps; "
+          f"median of {args.repeats} interleaved rounds; load average {os.getloadavg()[0]:.1f} at the end")
+    print("| store | variant | ms / epoch (wall) | ratio | ms / epoch (CPU) | ratio | "
+          "fixed s over no callback (wall) | (CPU) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(row)
     return 0

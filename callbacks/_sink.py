@@ -88,6 +88,12 @@ class Sink:
         retry_delay: first wait before replaying after a failure, seconds.
             Defaults to `0.5`.
         max_retry_delay: longest wait between replays, seconds. Defaults to `30.0`.
+        send_interval: how long a record may wait for others before the
+            thread sends, seconds: records arriving meanwhile go in the same
+            ``log_batch`` (one store transaction for many logging steps).
+            :meth:`flush` and :meth:`close` send at once. Records waiting are
+            in memory only, so a SIGKILL loses at most this much more.
+            Defaults to `0.0` (send as soon as anything is queued).
 
     Example:
     >>> client = mlflow.MlflowClient(tracking_uri)
@@ -109,6 +115,7 @@ class Sink:
         *,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
+        send_interval: float = 0.0,
     ) -> None:
         if not isinstance(journal, Journal):
             raise ValueError(f"journal must be a Journal, got journal={journal!r}")
@@ -119,6 +126,8 @@ class Sink:
         self._max_retry_delay = max(
             check_positive("max_retry_delay", max_retry_delay), self._initial_retry_delay
         )
+        self._send_interval = check_non_negative("send_interval", send_interval)
+        self._queued_since = 0.0  # when the oldest record in the queue was queued
         self._condition = threading.Condition()
         self._queue: collections.deque[tuple[int, dict]] = collections.deque()
         self._next_sequence = 0
@@ -333,10 +342,14 @@ class Sink:
             if self._closed:
                 self._spool([(-1, record) for record in records])
                 return
+            was_empty = not self._queue
+            if was_empty:
+                self._queued_since = time.monotonic()
             for record in records:
                 self._queue.append((self._next_sequence, record))
                 self._next_sequence += 1
-            self._condition.notify_all()
+            if was_empty or not self._send_interval:  # else the thread is already waiting for the interval
+                self._condition.notify_all()
 
     def _delivered_through(self, sequence: int) -> bool:
         if self._outage or self._spooling:
@@ -408,6 +421,10 @@ class Sink:
                     wake_at = min(wake_at, self._spool_retry_at)
                 self._condition.wait(max(0.0, wake_at - now) if not self._spooling else None)
             elif self._queue:
+                send_at = self._queued_since + self._send_interval
+                if now < send_at and not self._flush_waiters and len(self._queue) < self._MAX_RECORDS_PER_SEND:
+                    self._condition.wait(send_at - now)
+                    continue
                 count = min(len(self._queue), self._MAX_RECORDS_PER_SEND)
                 batch = [self._queue.popleft() for _ in range(count)]
                 self._in_flight = batch

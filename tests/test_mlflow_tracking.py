@@ -131,6 +131,8 @@ def test_embedded_store_gets_the_complete_record(digits, tmp_path, monkeypatch):
     final = client.get_logged_model(outputs["final"].model_id)
     assert final.experiment_id == run.info.experiment_id and final.source_run_id == tracking.run_id
     assert outputs["final"].step == int(model.optimizer.iterations.numpy())
+    linked = {m.key: m.value for m in final.metrics or [] if m.step == outputs["final"].step}
+    assert linked.get("loss") == pytest.approx(history.history["loss"][-1], rel=1e-6), "the last epoch's metrics"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     info = mlflow.models.get_model_info(f"models:/{final.model_id}")
     assert info.signature.inputs.inputs[0].shape == (-1, 64)
@@ -206,6 +208,8 @@ def test_failure_inside_the_context_ends_the_run_failed_with_its_traceback(digit
     text = Path(client.download_artifacts(tracking.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "loss went to the moon" in text
     assert [value for _, value in _metric(client, tracking.run_id, "epoch")] == [1, 2], "metrics up to the failure"
+    # the best model, kept in memory during training, is written when the run ends FAILED too
+    assert "model/best.keras" in _artifacts(client, tracking.run_id)
 
 
 def test_keyboard_interrupt_ends_the_run_killed(digits, tmp_path, monkeypatch):
@@ -467,6 +471,75 @@ def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch,
     logged = _metric(client, tracking.run_id, "gradient_norm")
     assert [step for step, _ in logged] == [2, 4]
     np.testing.assert_allclose([value for _, value in logged], np.linalg.norm(gradient), rtol=1e-5)
+
+
+def test_update_norm_is_the_learning_rate_times_the_gradient_norm_for_sgd(tmp_path, monkeypatch):
+    """Closed form: plain SGD moves the weights by ``learning_rate * gradient``, so on every logged step
+    ``update_norm = learning_rate * gradient_norm`` and the ratio divides by the weights' norm before it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+
+    class Weights(keras.callbacks.Callback):  # the weights before every step, read independently
+        def __init__(self):
+            super().__init__()
+            self.before = {}
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy()) + 1
+            self.before[step] = np.concatenate([w.ravel() for w in self.model.get_weights()]).astype(np.float64)
+
+    tracking = MLflowTracking(experiment="updates", log_every_n_steps=3, log_model=False)
+    weights = Weights()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[tracking, weights])  # 12 steps
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    gradient_norm = _metric(client, tracking.run_id, "gradient_norm")
+    update_norm = _metric(client, tracking.run_id, "update_norm")
+    ratio = _metric(client, tracking.run_id, "update_to_weight_ratio")
+    assert [step for step, _ in update_norm] == [3, 6, 9, 12] == [step for step, _ in gradient_norm]
+    np.testing.assert_allclose([v for _, v in update_norm], [0.1 * v for _, v in gradient_norm], rtol=1e-4)
+    np.testing.assert_allclose([v for _, v in ratio],
+                               [v / np.linalg.norm(weights.before[step]) for step, v in update_norm], rtol=1e-6)
+
+
+def test_the_best_model_is_the_best_epochs_and_the_model_keeps_its_final_weights(digits, tmp_path, monkeypatch):
+    """The best epoch is not the last (``mode="max"`` on the loss: the first): best.keras and the "best"
+    logged model hold that epoch's weights and optimizer state; after the fit the model holds its own."""
+    monkeypatch.chdir(tmp_path)
+
+    class EpochWeights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights.append(self.model.get_weights())
+
+    tracking = MLflowTracking(experiment="best", monitor="loss", mode="max", log_every_n_steps=EVERY)
+    epochs = EpochWeights()
+    model, history = _train(digits, tracking, callbacks=[tracking, epochs])
+    assert np.argmax(history.history["loss"]) == 0 != EPOCHS - 1, "the setting this test needs"
+    for after, final in zip(model.get_weights(), epochs.weights[-1]):
+        np.testing.assert_array_equal(after, final)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    best = keras.models.load_model(client.download_artifacts(tracking.run_id, "model/best.keras", str(tmp_path)))
+    for saved, first in zip(best.get_weights(), epochs.weights[0]):
+        np.testing.assert_array_equal(saved, first)
+    steps_per_epoch = int(np.ceil(np.floor(0.75 * len(digits[0])) / BATCH))
+    assert int(best.optimizer.iterations.numpy()) == steps_per_epoch, "the optimizer state of the best epoch"
+    run = client.get_run(tracking.run_id)
+    outputs = {client.get_logged_model(o.model_id).name: o for o in run.outputs.model_outputs}
+    assert outputs["best"].step == steps_per_epoch
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (tmp_path / "logged").mkdir()
+    logged = mlflow.keras.load_model(f"models:/{outputs['best'].model_id}", dst_path=str(tmp_path / "logged"))
+    for saved, first in zip(logged.get_weights(), epochs.weights[0]):
+        np.testing.assert_array_equal(saved, first)
 
 
 # -- resume after a restart ----------------------------------------------------------

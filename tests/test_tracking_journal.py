@@ -463,6 +463,38 @@ def test_sink_delivers_everything_in_order_to_the_embedded_store(
     assert not journal.path.exists() or journal.pending() == []  # the happy path never spools
 
 
+class CountingClient(mlflow.MlflowClient):
+    """Counts ``log_batch`` calls (one store transaction each)."""
+
+    batches = 0
+
+    def log_batch(self, *args, **kwargs):
+        type(self).batches += 1
+        return super().log_batch(*args, **kwargs)
+
+
+def test_with_a_send_interval_records_wait_for_each_other_and_flush_sends_at_once(
+    tmp_path, shared_embedded_tracking_uri
+):
+    client = CountingClient(shared_embedded_tracking_uri)
+    run_id = new_run(client)
+    journal = Journal(_store.default_journal_path(shared_embedded_tracking_uri, tmp_path))
+    with Sink(client, journal, flush_timeout=30, send_interval=60.0) as sink:
+        assert sink.flush() == 0  # the leftover-journal check at the start
+        CountingClient.batches = 0
+        for step in range(20):  # queued within far less than the interval
+            sink.log_metrics(run_id, [Metric("loss", 1.0, NOW_MS + step, step)])
+        time.sleep(0.5)
+        assert steps_of(client, run_id)[0] == [], "nothing sent before the interval"
+        started = time.monotonic()
+        assert sink.flush() == 0
+        assert time.monotonic() - started < 10, "flush does not wait for the interval"
+        assert CountingClient.batches == 1, "one log_batch for all twenty"
+        assert steps_of(client, run_id)[0] == list(range(20))
+    with pytest.raises(ValueError, match="send_interval"):
+        Sink(client, journal, send_interval=-1.0)
+
+
 def test_sink_replays_a_leftover_journal_before_new_records(tmp_path, shared_embedded_tracking_uri):
     """A previous process died with records in the journal: they go first."""
     client = mlflow.MlflowClient(shared_embedded_tracking_uri)
