@@ -309,7 +309,7 @@ class Journal:
         with fail_fast_http():
             while True:
                 identity, entries = self._read_pending()
-                if not entries:
+                if not entries or identity is None:  # (entries come with the file's identity)
                     break
                 if entries[0][0] is None:  # corrupted line (not a torn tail): set aside
                     _, raw, end = entries[0]

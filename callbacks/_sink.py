@@ -296,7 +296,7 @@ class Sink:
         with self._condition:
             if self._closed:
                 return self.journal.pending_count()
-        unsent = self.flush(timeout)
+        unsent: int | None = self.flush(timeout)
         with self._condition:
             self._closed = True
             self._stopping = True
