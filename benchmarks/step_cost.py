@@ -145,19 +145,21 @@ def _timed(function, rounds: int, clock) -> float:
 def _extra_work(optimizer, clock, rounds: int) -> tuple[float, float]:
     """Seconds of ``optimizer``'s per-step block products and of one refresh's decompositions, timed alone.
 
-    On random blocks and factors of the shapes its layouts give the model's
-    variables (the decompositions' cost barely depends on the values).
+    On random blocks of the shapes its layouts give the model's variables,
+    and on the optimizer's own factor statistics (and SOAP's bases) as the
+    timed steps left them (an eigensolver's time depends on the spectrum).
     """
     rng = np.random.default_rng(0)
-    layouts = [layout for layout in optimizer._layouts if layout.preconditioned]
-    blocks = [tf.constant(rng.normal(size=(r.count, *r.block)), "float32") for lay in layouts for r in lay.regions]
-    axes = [lay.axes for lay in layouts for _ in lay.regions]
-
-    def factor(count, n):
-        g = rng.normal(size=(count, n, 2 * n))
-        return tf.constant(g @ np.swapaxes(g, 1, 2) / n, "float32")
-
-    factors = [[factor(b.shape[0], b.shape[a + 1]) for a in ax] for b, ax in zip(blocks, axes)]
+    blocks, axes, factors, bases = [], [], [], []
+    for index, layout in enumerate(optimizer._layouts):
+        per_region = len(layout.axes)
+        for r, region in enumerate(layout.regions if layout.preconditioned else []):
+            blocks.append(tf.constant(rng.normal(size=(region.count, *region.block)), "float32"))
+            axes.append(layout.axes)
+            chosen = slice(r * per_region, (r + 1) * per_region)
+            factors.append([tf.constant(f.numpy()) for f in optimizer._statistics[index][chosen]])
+            if isinstance(optimizer, SOAP):
+                bases.append([tf.constant(q.numpy()) for q in optimizer._bases[index][chosen]])
     rotations = 2 if isinstance(optimizer, SOAP) else 1
 
     def products():
@@ -171,10 +173,12 @@ def _extra_work(optimizer, clock, rounds: int) -> tuple[float, float]:
                 out.append(tf.reduce_sum(moved[:1]))
         return tf.add_n(out)
 
-    flat = [f for fs in factors for f in fs]
     if isinstance(optimizer, SOAP):
+        pairs = [(f, q) for fs, qs in zip(factors, bases) for f, q in zip(fs, qs)]
+
         def decompositions():
-            return tf.add_n([tf.reduce_sum(power_iteration_basis(f, f, optimizer.matrix_epsilon)[:, :1]) for f in flat])
+            return tf.add_n([tf.reduce_sum(power_iteration_basis(f, q, optimizer.matrix_epsilon)[:, :1])
+                             for f, q in pairs])
     else:
         def decompositions():
             roots = [r for batch, ax, fs in zip(blocks, axes, factors)
