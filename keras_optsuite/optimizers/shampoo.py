@@ -290,23 +290,18 @@ class _Layout:
         return matrices
 
 
-def _block_statistic(blocks: Any, axis: int, scaled: Any = None) -> Any:
-    """``G_(axis) G_(axis)^T`` of each block of the batch ``(count, *block)``: ``(count, n, n)``.
-
-    With ``scaled = c * blocks``: ``G_(axis) (c G_(axis))^T``.
-    """
-    if scaled is None:
-        scaled = blocks
+def _block_statistic(blocks: Any, axis: int) -> Any:
+    """``G_(axis) G_(axis)^T`` of each block of the batch ``(count, *block)``: ``(count, n, n)``."""
     rank = len(blocks.shape) - 1
     n = blocks.shape[axis + 1]
     if axis == rank - 1:
-        shape = (blocks.shape[0], -1, n)
-        return tf.matmul(tf.reshape(blocks, shape), tf.reshape(scaled, shape), transpose_a=True)
+        unfolded = tf.reshape(blocks, (blocks.shape[0], -1, n))
+        return tf.matmul(unfolded, unfolded, transpose_a=True)
     if axis != 0:
         order = [0, axis + 1] + [a for a in range(1, rank + 1) if a != axis + 1]
-        blocks, scaled = tf.transpose(blocks, order), tf.transpose(scaled, order)
-    shape = (blocks.shape[0], n, -1)
-    return tf.matmul(tf.reshape(blocks, shape), tf.reshape(scaled, shape), transpose_b=True)
+        blocks = tf.transpose(blocks, order)
+    unfolded = tf.reshape(blocks, (blocks.shape[0], n, -1))
+    return tf.matmul(unfolded, unfolded, transpose_b=True)
 
 
 def _block_mode_product(matrices: Any, blocks: Any, axis: int, transpose: bool = False) -> Any:
@@ -481,16 +476,12 @@ class KroneckerFactoredOptimizer(OptsuiteOptimizer):
         def accumulate():
             statistics, j = self._statistics[index], 0
             for batch in blocks:
-                # (1 - decay) G_(i) G_(i)^T as G_(i) ((1 - decay) G_(i))^T: one scaling
-                # pass over the block batch, shared by its axes, instead of one per
-                # factor (each factor batch is as large as the block batch or larger).
-                scaled = batch if decay == 1.0 else (1.0 - decay) * batch
                 for axis in self._layouts[index].axes:
-                    new = _block_statistic(batch, axis, scaled)
+                    new = _block_statistic(batch, axis)
                     if decay == 1.0:
                         self.assign_add(statistics[j], new)
                     else:
-                        self.assign(statistics[j], decay * statistics[j] + new)
+                        self.assign(statistics[j], decay * statistics[j] + (1.0 - decay) * new)
                     j += 1
             return tf.constant(True)
 
@@ -778,7 +769,5 @@ class Shampoo(KroneckerFactoredOptimizer):
         if self.beta_1 == 0.0:
             self.assign(momentum, update)
         else:
-            # beta_1 m + (1 - beta_1) U: two passes and an assignment that takes the
-            # result's buffer (m + ((1 - beta_1) U - (1 - beta_1) m) takes three).
-            self.assign(momentum, self.beta_1 * momentum + update)
+            self.assign_add(momentum, update - (1.0 - self.beta_1) * momentum)
         return learning_rate * momentum
