@@ -575,11 +575,11 @@ class Shampoo(KroneckerFactoredOptimizer):
     ``6 * batch`` flops per parameter, so each adds about
     ``(2/3) b / batch`` of a train step (0.67 at ``b = batch = 128``).
     Every ``precondition_frequency`` steps, one root per factor (batched
-    per shape): an eigendecomposition, or about 12 coupled Newton
+    per shape): an eigendecomposition, or about 11 coupled Newton
     iterations of 4 matrix products each (``p = 4``), which on 2 CPU cores
-    cost about 3x LAPACK's ``eigh`` (hence the default ``"eigh"``); under
-    ``jit_compile=True``, where XLA's CPU eigensolver is ~50x slower than
-    LAPACK's, use ``root_method="newton"``. Measured with
+    cost about 3x TensorFlow's ``eigh`` (Eigen's solver; hence the default
+    ``"eigh"``); under ``jit_compile=True``, where XLA's CPU eigensolver is
+    ~50x slower, use ``root_method="newton"``. Measured with
     ``benchmarks/step_cost.py`` (784-1024-256-10 MLP, batch 128, 2 CPU
     cores; see the README for the table against ``block_size``,
     ``precondition_frequency`` and ``statistics_compute_steps``).

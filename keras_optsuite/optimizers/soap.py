@@ -88,10 +88,10 @@ class SOAP(KroneckerFactoredOptimizer):
     Deviations from the paper, both for reproducibility: the paper
     initialises the bases by an eigendecomposition, whose basis of a
     degenerate eigenspace (the null space of the rank-deficient factors of
-    the first steps) is arbitrary: XLA's and LAPACK's eigensolvers, or one
-    and two replicas, picked different ones and the weights of a small
-    MLP differed by 0.04 after 16 float32 steps. Power iteration from the
-    identity is continuous in the factors (the shift bounds the condition
+    the first steps) is arbitrary: XLA's and TensorFlow's CPU
+    eigensolvers, or one and two replicas, picked different ones and the
+    weights of a small MLP differed by 0.04 after 16 float32 steps. Power
+    iteration from the identity is continuous in the factors (the shift bounds the condition
     number of ``L Q`` by ``1 + 1 / matrix_epsilon``) and converges to the
     eigenbasis over the refreshes; ``matrix_epsilon=0`` is the unshifted
     iteration. The authors' code also reorders the basis by estimated
