@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_optsuite.optimizers import COCOB, AggMo
+from keras_optsuite.optimizers import ADOPT, COCOB, Adan, AggMo, DAdaptAdam
 
 SHAPE = (48, 40)  # a shape nothing else in the step has
 STATE = re.escape(f"f32[{SHAPE[0]},{SHAPE[1]}]{{1,0}}")
@@ -61,6 +61,14 @@ def _loop_body_ops(make_optimizer):
         # computed once and read back by the bet (it was recomputed from the
         # old reward, which was then copied too).
         pytest.param(COCOB, 1, 6, id="COCOB"),
+        # m (reading the old v), then v (ordered after m: in place, not copied), w.
+        pytest.param(ADOPT, 0, 3, id="ADOPT"),
+        # m, v, n, w, then the previous gradient (ordered after w, which comes
+        # after both reads of the old one).
+        pytest.param(Adan, 0, 5, id="Adan"),
+        # m, v and s (v and s ordered after the sum that reads their old
+        # values), w.
+        pytest.param(DAdaptAdam, 0, 4, id="DAdaptAdam"),
     ],
 )
 def test_xla_step_has_no_more_copies_or_loops_than_its_algorithm_needs(make_optimizer, copies, loops):

@@ -95,6 +95,30 @@ def sum_all(tensor: Any) -> Any:
     return ops.sum(tf.linalg.matvec(rows, ops.ones((tensor.shape[-1],), tensor.dtype)))
 
 
+def ordered_after(value: Any, earlier: Any) -> Any:
+    """``value``, computed after ``earlier`` under XLA; ``value`` itself without XLA.
+
+    Under XLA on a CPU each new state tensor is written by its own loop, and
+    TensorFlow's default copy insertion copies a state tensor on every step
+    when one loop overwrites it while another loop still reads its old value,
+    unless the overwriting loop depends on the reading one (such a copy cost
+    ADOPT about 0.3 of Adam's step; benchmarks/step_time.py --jit). Pass as
+    ``earlier`` a value computed by the loop that reads the old state (a new
+    momentum, a sum): the result is ``value`` wherever ``earlier`` is not NaN
+    (NaN there, where the step is NaN anyway), and XLA writes it after
+    ``earlier``, in place. A scalar ``earlier`` adds no pass over memory; a
+    tensor (of ``value``'s shape) adds one read.
+    """
+    if not compiled_by_xla():
+        return value
+    earlier = ops.cast(earlier, value.dtype)
+    # Two tensor operands (value * earlier, value): XLA neither simplifies the
+    # select away nor copies it into the loops that read the result (it does
+    # copy a select on a scalar into each reader, which would read the old
+    # state again).
+    return ops.where(ops.isnan(earlier), value * earlier, value)
+
+
 def _has_accelerator() -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
