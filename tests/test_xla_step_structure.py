@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_optsuite.optimizers import ADOPT, COCOB, Adan, AggMo, DAdaptAdam
+from keras_optsuite.optimizers import (
+    ADOPT,
+    COCOB,
+    Adan,
+    AggMo,
+    DAdaptAdam,
+    GradientAccumulation,
+    SkipNonFinite,
+)
 
 SHAPE = (48, 40)  # a shape nothing else in the step has
 STATE = re.escape(f"f32[{SHAPE[0]},{SHAPE[1]}]{{1,0}}")
@@ -69,6 +77,14 @@ def _loop_body_ops(make_optimizer):
         # m, v and s (v and s ordered after the sum that reads their old
         # values), w.
         pytest.param(DAdaptAdam, 0, 4, id="DAdaptAdam"),
+        # Adam's three loops, each keeping the new or the old value; the
+        # moments are written after the weights' loop, which reads the old ones.
+        pytest.param(lambda: SkipNonFinite(keras.optimizers.Adam()), 0, 3, id="SkipNonFinite"),
+        # The same, and the accumulator, written after the inner step read it.
+        pytest.param(
+            lambda: GradientAccumulation(keras.optimizers.Adam(), steps=3), 0, 4,
+            id="GradientAccumulation",
+        ),
     ],
 )
 def test_xla_step_has_no_more_copies_or_loops_than_its_algorithm_needs(make_optimizer, copies, loops):
