@@ -294,8 +294,9 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         # weights' loops read the state from before the step (an inner step
         # such as Adam's recomputes its new moments from it), and a state
         # written by a loop that does not depend on those reads is copied
-        # by XLA on every step. The order costs one element of each weight
-        # (NaN there makes the kept state NaN, where the weights already are).
+        # by XLA on every step. The order costs one element of each weight;
+        # if the first element of a kept weight is NaN, all the kept inner
+        # state is NaN (the model is NaN there already).
         after_weights = _nan_marker(
             [_keep(variable, predicate, previous) for variable, previous in zip(weights.values(), before)]
         )
