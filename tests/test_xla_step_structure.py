@@ -28,6 +28,7 @@ from keras_optsuite.optimizers import (
     GradientAccumulation,
     SkipNonFinite,
 )
+from keras_optsuite.optimizers._base import ordered_after
 
 SHAPE = (48, 40)  # a shape nothing else in the step has
 STATE = re.escape(f"f32[{SHAPE[0]},{SHAPE[1]}]{{1,0}}")
@@ -91,3 +92,25 @@ def test_xla_step_has_no_more_copies_or_loops_than_its_algorithm_needs(make_opti
     ops = _loop_body_ops(make_optimizer)
     assert ops.get("copy", 0) <= copies, ops
     assert ops.get("fusion", 0) <= loops, ops
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        [2.0, -3.0, 0.0, 1e30, -1e-30, 5.0],
+        [float("nan"), float("inf"), -float("inf"), float("nan"), 0.0, -0.0],
+        float("nan"),
+        -float("inf"),
+    ],
+    ids=["finite", "non-finite", "nan-scalar", "inf-scalar"],
+)
+def test_ordered_after_returns_the_value_exactly_whatever_comes_before(earlier):
+    """The ordering changes nothing: every value (signed zeros, NaN, infinities) comes back bit for bit."""
+    value = np.array([1.5, -0.0, float("nan"), float("inf"), -2.0, 3e-39], "float32")
+
+    @tf.function(jit_compile=True)
+    def order(value, earlier):
+        return ordered_after(value, earlier)
+
+    result = order(tf.constant(value), tf.constant(earlier, "float32")).numpy()
+    assert result.tobytes() == value.tobytes()

@@ -96,7 +96,7 @@ def sum_all(tensor: Any) -> Any:
 
 
 def ordered_after(value: Any, earlier: Any) -> Any:
-    """``value``, computed after ``earlier`` under XLA; ``value`` itself without XLA.
+    """``value``, exactly, computed after ``earlier`` under XLA; ``value`` itself without XLA.
 
     Under XLA on a CPU each new state tensor is written by its own loop, and
     TensorFlow's default copy insertion copies a state tensor on every step
@@ -104,19 +104,19 @@ def ordered_after(value: Any, earlier: Any) -> Any:
     unless the overwriting loop depends on the reading one (such a copy cost
     ADOPT about 0.3 of Adam's step; benchmarks/step_time.py --jit). Pass as
     ``earlier`` a value computed by the loop that reads the old state (a new
-    momentum, a sum): the result is ``value`` wherever ``earlier`` is not NaN
-    (NaN there, where the step is NaN anyway), and XLA writes it after
-    ``earlier``, in place. A scalar ``earlier`` adds no pass over memory; a
-    tensor (of ``value``'s shape) adds one read.
+    momentum, a sum): XLA then writes the result after ``earlier``, in place.
+    A scalar ``earlier`` adds no pass over memory; a tensor (of ``value``'s
+    shape) adds one read.
     """
     if not compiled_by_xla():
         return value
     earlier = ops.cast(earlier, value.dtype)
-    # Two tensor operands (value * earlier, value): XLA neither simplifies the
-    # select away nor copies it into the loops that read the result (it does
-    # copy a select on a scalar into each reader, which would read the old
-    # state again).
-    return ops.where(ops.isnan(earlier), value * earlier, value)
+    # A zero (never NaN) that XLA cannot tell from data, so the select below
+    # always takes ``value`` and is still not folded away. Its two tensor
+    # operands keep XLA from recomputing it in every loop that reads it (a
+    # select on a scalar is recomputed, reading the old state again).
+    zero = ops.where(ops.isfinite(earlier), earlier, 0.0) * 0.0
+    return ops.where(ops.isnan(zero), value * zero, value)
 
 
 def _has_accelerator() -> bool:

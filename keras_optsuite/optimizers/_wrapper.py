@@ -282,9 +282,9 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         XLA copies every buffer a conditional may write (all weights and all
         inner state, on every step, taken or not), while a select on a scalar
         fuses into the loop that computes the new value. Every value is
-        exactly the stepped one or the previous one (or NaN: see below). Returns a scalar computed
-        after every value was written (0, or NaN if the first element of a
-        weight or a state tensor is NaN), for the wrapper's own state.
+        exactly the stepped one or the previous one. Returns a scalar computed
+        after every value was written, for ``ordered_after`` on the wrapper's
+        own state.
         """
         weights = {id(v): v for v in variables}
         state = [v for v in {id(v): v for v in self.inner.variables}.values() if id(v) not in weights]
@@ -294,17 +294,15 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         # weights' loops read the state from before the step (an inner step
         # such as Adam's recomputes its new moments from it), and a state
         # written by a loop that does not depend on those reads is copied
-        # by XLA on every step. The order costs one element of each weight;
-        # if the first element of a kept weight is NaN, all the kept inner
-        # state is NaN (the model is NaN there already).
-        after_weights = _nan_marker(
+        # by XLA on every step. The order costs one element of each weight.
+        after_weights = _first_elements(
             [_keep(variable, predicate, previous) for variable, previous in zip(weights.values(), before)]
         )
         kept_state = [
             _keep(variable, predicate, previous, after=after_weights)
             for variable, previous in zip(state, before[len(weights):])
         ]
-        return after_weights + _nan_marker(kept_state)
+        return after_weights + _first_elements(kept_state)
 
     # -- config ------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -342,14 +340,13 @@ def _keep(variable: Any, predicate: Any, previous: Any, after: Any = None) -> An
     return kept
 
 
-def _nan_marker(values: list) -> Any:
-    """A float32 scalar computed from one element of each value: NaN if one of those is NaN, else 0."""
-    marker = ops.zeros((), "float32")
+def _first_elements(values: list) -> Any:
+    """A float32 scalar computed from the first element of each value (for ``ordered_after``)."""
+    total = ops.zeros((), "float32")
     for value in values:
         if value.dtype.is_floating and value.shape.num_elements():
-            first = ops.cast(ops.reshape(value, (-1,))[0], "float32")
-            marker = marker + ops.where(ops.isnan(first), first, 0.0)
-    return marker
+            total = total + ops.cast(ops.reshape(value, (-1,))[0], "float32")
+    return total
 
 
 # set_learning_rate (keras_optsuite._learning_rate) sets the inner optimizer's learning rate.
