@@ -102,14 +102,16 @@ def ordered_after(value: Any, earlier: Any) -> Any:
     TensorFlow's default copy insertion copies a state tensor on every step
     when one loop overwrites it while another loop still reads its old value,
     unless the overwriting loop depends on the reading one (such a copy cost
-    ADOPT about 0.3 of Adam's step; benchmarks/step_time.py --jit). Pass as
+    ADOPT about 0.4 of Adam's step; benchmarks/step_time.py --jit). Pass as
     ``earlier`` a value computed by the loop that reads the old state (a new
     momentum, a sum): XLA then writes the result after ``earlier``, in place.
-    A scalar ``earlier`` adds no pass over memory; a tensor (of ``value``'s
-    shape) adds one read.
+    It adds no pass over memory: the result depends on one element of
+    ``earlier``, which is enough to order the loops.
     """
     if not compiled_by_xla():
         return value
+    if len(earlier.shape):  # one element of it orders the loops as well, and reads nothing more
+        earlier = ops.reshape(earlier, (-1,))[0]
     earlier = ops.cast(earlier, value.dtype)
     # A zero (never NaN) that XLA cannot tell from data, so the select below
     # always takes ``value`` and is still not folded away. Its two tensor
