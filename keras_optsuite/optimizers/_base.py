@@ -95,6 +95,32 @@ def sum_all(tensor: Any) -> Any:
     return ops.sum(tf.linalg.matvec(rows, ops.ones((tensor.shape[-1],), tensor.dtype)))
 
 
+def ordered_after(value: Any, earlier: Any) -> Any:
+    """``value``, exactly, computed after ``earlier`` under XLA; ``value`` itself without XLA.
+
+    Under XLA on a CPU each new state tensor is written by its own loop, and
+    TensorFlow's default copy insertion copies a state tensor on every step
+    when one loop overwrites it while another loop still reads its old value,
+    unless the overwriting loop depends on the reading one (such a copy cost
+    ADOPT about 0.4 of Adam's step; benchmarks/step_time.py --jit). Pass as
+    ``earlier`` a value computed by the loop that reads the old state (a new
+    momentum, a sum): XLA then writes the result after ``earlier``, in place.
+    It adds no pass over memory: the result depends on one element of
+    ``earlier``, which is enough to order the loops.
+    """
+    if not compiled_by_xla():
+        return value
+    if len(earlier.shape):  # one element of it orders the loops as well, and reads nothing more
+        earlier = ops.reshape(earlier, (-1,))[0]
+    earlier = ops.cast(earlier, value.dtype)
+    # A zero (never NaN) that XLA cannot tell from data, so the select below
+    # always takes ``value`` and is still not folded away. Its two tensor
+    # operands keep XLA from recomputing it in every loop that reads it (a
+    # select on a scalar is recomputed, reading the old state again).
+    zero = ops.where(ops.isfinite(earlier), earlier, 0.0) * 0.0
+    return ops.where(ops.isnan(zero), value * zero, value)
+
+
 def _has_accelerator() -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 

@@ -32,7 +32,7 @@ from keras import ops
 from keras_optsuite._config import own_arg_names, own_config
 from keras_optsuite._learning_rate import LearningRateDelegate, set_learning_rate
 from keras_optsuite._upstream import serialization_lib, take_over_gradient_sum
-from keras_optsuite.optimizers._base import SlotState, compiled_by_xla, snapshot
+from keras_optsuite.optimizers._base import SlotState, compiled_by_xla, ordered_after, snapshot
 
 # Arguments every wrapper handles itself (not part of its own config).
 _WRAPPER_ARGS = frozenset({"self", "inner", "name", "kwargs"})
@@ -245,14 +245,17 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
     def _apply_inner(self, grads: list, variables: list) -> None:
         self.inner.apply(grads, variables)
 
-    def _apply_inner_when(self, predicate: Any, grads: list, variables: list) -> None:
-        """Step the inner optimizer only where ``predicate`` (same on every replica) holds."""
+    def _apply_inner_when(self, predicate: Any, grads: list, variables: list) -> Any:
+        """Step the inner optimizer only where ``predicate`` (same on every replica) holds.
+
+        Returns, under XLA, a scalar computed after the step (pass it to
+        ``ordered_after`` for a wrapper state the inner step read), else None.
+        """
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
             if compiled_by_xla():
-                self._apply_inner_selected(predicate, grads, variables)
-            else:
-                ops.cond(predicate, lambda: self._apply_inner(grads, variables), lambda: None)
-            return
+                return self._apply_inner_selected(predicate, grads, variables)
+            ops.cond(predicate, lambda: self._apply_inner(grads, variables), lambda: None)
+            return None
 
         def branch(distribution, predicate, grads, variables):
             # Every replica computed the same predicate from summed values.
@@ -271,20 +274,35 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
         tf.distribute.get_replica_context().merge_call(
             branch, args=(predicate, grads, variables)
         )
+        return None
 
-    def _apply_inner_selected(self, predicate: Any, grads: list, variables: list) -> None:
+    def _apply_inner_selected(self, predicate: Any, grads: list, variables: list) -> Any:
         """``_apply_inner_when`` under XLA: step, then keep each new value only where ``predicate``.
 
         XLA copies every buffer a conditional may write (all weights and all
         inner state, on every step, taken or not), while a select on a scalar
         fuses into the loop that computes the new value. Every value is
-        exactly the stepped one or the previous one.
+        exactly the stepped one or the previous one. Returns a scalar computed
+        after every value was written, for ``ordered_after`` on the wrapper's
+        own state.
         """
-        state = list({id(v): v for v in [*variables, *self.inner.variables]}.values())
-        before = [snapshot(v) for v in state]
+        weights = {id(v): v for v in variables}
+        state = [v for v in {id(v): v for v in self.inner.variables}.values() if id(v) not in weights]
+        before = [snapshot(v) for v in [*weights.values(), *state]]
         self._apply_inner(grads, variables)
-        for variable, previous in zip(state, before):
-            variable.assign(ops.where(predicate, variable, previous))
+        # The weights first, then the inner state, ordered after them: the
+        # weights' loops read the state from before the step (an inner step
+        # such as Adam's recomputes its new moments from it), and a state
+        # written by a loop that does not depend on those reads is copied
+        # by XLA on every step. The order costs one element of each weight.
+        after_weights = _first_elements(
+            [_keep(variable, predicate, previous) for variable, previous in zip(weights.values(), before)]
+        )
+        kept_state = [
+            _keep(variable, predicate, previous, after=after_weights)
+            for variable, previous in zip(state, before[len(weights):])
+        ]
+        return after_weights + _first_elements(kept_state)
 
     # -- config ------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -311,6 +329,24 @@ class OptimizerWrapper(SlotState, keras.optimizers.Optimizer):
             config.pop("inner"), custom_objects=custom_objects
         )
         return cls(inner, **config)
+
+
+def _keep(variable: Any, predicate: Any, previous: Any, after: Any = None) -> Any:
+    """Write ``variable`` (just stepped) where ``predicate``, else ``previous``; return the value."""
+    kept = ops.where(predicate, variable, previous)
+    if after is not None and kept.dtype.is_floating:
+        kept = ordered_after(kept, after)
+    variable.assign(kept)
+    return kept
+
+
+def _first_elements(values: list) -> Any:
+    """A float32 scalar computed from the first element of each value (for ``ordered_after``)."""
+    total = ops.zeros((), "float32")
+    for value in values:
+        if value.dtype.is_floating and value.shape.num_elements():
+            total = total + ops.cast(ops.reshape(value, (-1,))[0], "float32")
+    return total
 
 
 # set_learning_rate (keras_optsuite._learning_rate) sets the inner optimizer's learning rate.

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose, power
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose, ordered_after, power
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -86,5 +86,8 @@ class Adan(OptsuiteOptimizer):
         root = ops.sqrt(1.0 - power(self.beta_3, t))
         k = self.beta_2 * first / (1.0 - power(self.beta_2, t))
         alpha = learning_rate * root / first
-        self.assign_sub(variable, (m + v * k) * alpha / (ops.sqrt(n) + self.epsilon * root))
-        self.assign(previous_slot, gradient)
+        new_variable = variable - (m + v * k) * alpha / (ops.sqrt(n) + self.epsilon * root)
+        self.assign(variable, new_variable)
+        # After the weights, which come after every read of the previous
+        # gradient: XLA then writes it in place instead of copying it.
+        self.assign(previous_slot, ordered_after(gradient, new_variable))

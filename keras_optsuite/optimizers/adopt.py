@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_optsuite._validation import check_decay_rate, check_non_negative, check_positive
-from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose
+from keras_optsuite.optimizers._base import OptsuiteOptimizer, choose, ordered_after
 
 
 @keras.saving.register_keras_serializable(package="keras_optsuite")
@@ -85,6 +85,7 @@ class ADOPT(OptsuiteOptimizer):
             variable,
             choose(first, lambda: ops.zeros_like(m_value), lambda: m_value * learning_rate),
         )
-        self.assign(
-            v, choose(first, lambda: grad_sq, lambda: v + (grad_sq - v) * (1.0 - self.beta_2))
-        )
+        new_v = choose(first, lambda: grad_sq, lambda: v + (grad_sq - v) * (1.0 - self.beta_2))
+        # After the momentum, which reads the old v: XLA then writes v in place
+        # instead of copying it every step.
+        self.assign(v, ordered_after(new_v, m_value))

@@ -21,7 +21,8 @@ class AggMo(OptsuiteOptimizer):
     and steps along their average: large ``beta`` gives speed along
     low-curvature directions, the small ones damp the oscillations a large
     ``beta`` alone would cause. ``v_i = beta_i v_i - g`` and
-    ``w += (lr / K) sum_i v_i``.
+    ``w += (lr / K) sum_i v_i``. A velocity with ``beta_i = 0`` is ``-g``
+    and is not stored (the default keeps two velocity tensors, not three).
 
     Args:
         learning_rate: float, schedule or callable. Defaults to `0.01`.
@@ -46,13 +47,17 @@ class AggMo(OptsuiteOptimizer):
         self.betas = tuple(check_decay_rate(f"betas[{i}]", b) for i, b in enumerate(betas))
 
     def _slot_names(self) -> tuple[str, ...]:
-        return tuple(f"velocity_{i}" for i in range(len(self.betas)))
+        # A velocity with beta = 0 keeps no memory (v = -g): it is not stored,
+        # which saves its memory and, under XLA, the pass that wrote it.
+        return tuple(f"velocity_{i}" for i, beta in enumerate(self.betas) if beta != 0.0)
 
     def _update_variable(self, gradient, variable, learning_rate, t):
         total = 0.0
         for i, beta in enumerate(self.betas):
+            if beta == 0.0:
+                total = total - gradient
+                continue
             v = self._slot(f"velocity_{i}", variable)
-            # beta = 0 keeps no memory: v = -g without reading v (one pass less).
-            self.assign(v, -gradient if beta == 0.0 else beta * v - gradient)
+            self.assign(v, beta * v - gradient)
             total = total + v
         self.assign_add(variable, learning_rate / len(self.betas) * total)

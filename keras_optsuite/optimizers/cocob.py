@@ -93,7 +93,13 @@ class COCOB(LearningRateFree, OptsuiteOptimizer):
         abs_gradient = ops.abs(gradient)
         # Read before any assignment below: the bet needs them all.
         new_max_abs = ops.maximum(max_abs, abs_gradient)
-        new_reward = ops.maximum(reward - displacement * gradient, 0.0)
+        # max(Reward - Delta g, 0), written as Reward - min(Delta g, Reward)
+        # (equal in floating point too): XLA copies a max with a constant
+        # into every loop that reads it, so the bet below would recompute it
+        # from the old reward, and the reward would be copied every step to
+        # keep that read safe; a root with two tensor operands is computed
+        # once and read back (benchmarks/step_time.py --jit).
+        new_reward = reward - ops.minimum(displacement * gradient, reward)
         self.assign(max_abs, new_max_abs)
         self.assign(reward, new_reward)
         self.assign_add(abs_sum, abs_gradient)

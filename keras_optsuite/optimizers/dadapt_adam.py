@@ -16,7 +16,12 @@ from keras_optsuite._validation import (
     check_paper_exact,
     check_positive,
 )
-from keras_optsuite.optimizers._base import DistanceEstimate, adam_bias_correction, sum_all
+from keras_optsuite.optimizers._base import (
+    DistanceEstimate,
+    adam_bias_correction,
+    ordered_after,
+    sum_all,
+)
 
 # What DAdaptAdam(paper_exact=True) requires: the paper's algorithm has neither option.
 _PAPER_EXACT = {"growth_rate": math.inf, "use_bias_correction": False}
@@ -148,6 +153,9 @@ class DAdaptAdam(DistanceEstimate):
             weighted = sum_all(g * s_slot / (ops.sqrt(v if self.paper_exact else v_slot) + self.epsilon))
             inner += ops.cast(step * weighted, d_value.dtype)
             s = s_slot + (scaled - s_slot) * (1.0 - b)
+            # Written after the sum that reads the old s and v: XLA then
+            # updates them in place instead of copying both every step.
+            s, v = ordered_after(s, weighted), ordered_after(v, weighted)
             s_norm += ops.cast(sum_all(ops.abs(s)), d_value.dtype)
             new_state.append((variable, m, m_slot, v, v_slot, s, s_slot))
 

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optsuite._validation import check_positive_int
-from keras_optsuite.optimizers._base import dense_gradient
+from keras_optsuite.optimizers._base import dense_gradient, ordered_after
 from keras_optsuite.optimizers._wrapper import OptimizerWrapper
 
 
@@ -59,10 +59,17 @@ class GradientAccumulation(OptimizerWrapper):
             for g, v in pairs
         ]
         is_update = ops.equal((self._iterations + 1) % self.steps, 0)
-        self._update_each(self._store, variables, per_variable=(totals,), shared=(is_update,))
         means = [total / float(self.steps) for total in totals]
-        self._apply_inner_when(is_update, means, variables)
+        stepped = self._apply_inner_when(is_update, means, variables)
+        # The accumulators are written after the inner step, which read them
+        # (under XLA, ordered after it: written in place, not copied).
+        self._update_each(
+            self._store, variables, per_variable=(totals,), shared=(is_update, stepped)
+        )
 
-    def _store(self, variable: Any, total: Any, is_update: Any) -> None:
+    def _store(self, variable: Any, total: Any, is_update: Any, stepped: Any) -> None:
         accumulator = self._slot("accumulated_gradient", variable)
-        self.assign(accumulator, ops.where(is_update, ops.zeros_like(total), total))
+        value = ops.where(is_update, ops.zeros_like(total), total)
+        if stepped is not None:
+            value = ordered_after(value, stepped)
+        self.assign(accumulator, value)
