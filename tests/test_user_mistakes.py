@@ -119,3 +119,36 @@ def test_an_exclude_pattern_matching_no_variable_warns_at_build_naming_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         optimizer.apply(gradients, model.trainable_variables)  # built: no repeat
+
+
+def _stepped_shampoo(block_size: int, steps: int) -> optimizers.Shampoo:
+    variable = keras.Variable(np.linspace(-1.0, 1.0, 200 * 200).reshape(200, 200).astype("float32"))
+    optimizer = optimizers.Shampoo(0.01, block_size=block_size)
+    optimizer.build([variable])
+    for _ in range(steps):
+        optimizer.apply([keras.ops.ones_like(variable)], [variable])
+    return optimizer
+
+
+def test_optimizer_state_of_another_layout_is_skipped_with_a_warning_naming_the_variable():
+    """A .keras file saved by a version whose state layout changed loads; the optimizer starts fresh."""
+    saved = _stepped_shampoo(block_size=256, steps=3)  # one 200x200 block
+    store: dict = {}
+    saved.save_own_variables(store)
+    other = _stepped_shampoo(block_size=100, steps=0)  # four 100x100 blocks
+    assert len(store) == len(other.variables)  # as many variables, of other shapes: Keras itself would raise
+    before = [np.array(v) for v in other.variables]
+    with pytest.warns(UserWarning, match=r"Skipping variable loading for optimizer 'shampoo', because its variable "
+                                         r"\S+ has shape \(4, 100, 100\) whereas the saved one has shape "
+                                         r"\(1, 200, 200\)"):
+        other.load_own_variables(store)
+    for old, variable in zip(before, other.variables):
+        np.testing.assert_array_equal(np.array(variable), old)  # nothing half-loaded
+
+    same = _stepped_shampoo(block_size=256, steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_own_variables(store)
+    assert int(same.iterations) == 3
+    for i, variable in enumerate(same.variables):
+        np.testing.assert_array_equal(np.array(variable), store[str(i)])

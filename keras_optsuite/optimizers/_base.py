@@ -170,6 +170,31 @@ class SlotState:
     def _slot(self, slot_name: str, variable: Any) -> Any:
         return self._slots[slot_name][self._get_variable_index(variable)]
 
+    def load_own_variables(self, store: Any) -> None:
+        """Keras's restore of the saved state, skipping a state of another layout as a whole.
+
+        Keras skips (with a warning) a saved state with another number of
+        variables; one with as many variables of other shapes (saved by a
+        version whose state layout has changed since, e.g. Shampoo's blocks
+        before issue 21) would raise in the middle of the assignment, and
+        ``load_model`` with it. It is skipped the same way: a warning that
+        names the first mismatch, and the optimizer starts fresh.
+        """
+        variables = self.variables
+        if len(store.keys()) == len(variables):
+            for i, variable in enumerate(variables):
+                saved = tuple(store[str(i)].shape)
+                if saved != tuple(variable.shape):
+                    warnings.warn(
+                        f"Skipping variable loading for optimizer '{self.name}', because its variable "
+                        f"{variable.path} has shape {tuple(variable.shape)} whereas the saved one has shape "
+                        f"{saved} (state saved with another layout, e.g. by an earlier version of "
+                        "keras-optsuite). The optimizer starts from a fresh state.",
+                        stacklevel=2,
+                    )
+                    return
+        super().load_own_variables(store)
+
     def _moving_average(self, average: Any, value: Any, decay: Any) -> None:
         """``average = decay average + (1 - decay) value``, in place.
 
