@@ -445,6 +445,14 @@ def test_a_job_started_offline_resumes_the_same_run_offline_and_online(tmp_path,
 # -- the gradient norm ---------------------------------------------------------------
 
 
+def _regression_in(tmp_path, monkeypatch, seed):
+    """64 rows of 5 inputs and 3 targets, with the embedded store in ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(64, 5)).astype("float32"), rng.normal(size=(64, 3)).astype("float32")
+
+
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch, replicas):
     """Closed form: MSE of a linear model; SGD(0) keeps the weights, so every step's gradient is known."""
@@ -452,11 +460,7 @@ def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch,
 
     from conftest import mirrored_strategy
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=3)
     strategy = (mirrored_strategy()
                 if replicas == 2 else tf.distribute.get_strategy())
     with strategy.scope():
@@ -476,11 +480,7 @@ def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch,
 def test_update_norm_is_the_learning_rate_times_the_gradient_norm_for_sgd(tmp_path, monkeypatch):
     """Closed form: plain SGD moves the weights by ``learning_rate * gradient``, so on every logged step
     ``update_norm = learning_rate * gradient_norm`` and the ratio divides by the weights' norm before it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=5)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     model.compile(keras.optimizers.SGD(0.1), "mse")
@@ -550,11 +550,7 @@ def test_logged_step_telemetry_matches_numpy_and_other_steps_run_keras_own_train
 
     from conftest import mirrored_strategy
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=7)
     keras.utils.set_random_seed(0)
     strategy = mirrored_strategy() if replicas == 2 else tf.distribute.get_strategy()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=4, decay_rate=0.5)
@@ -580,12 +576,8 @@ def test_logged_step_telemetry_matches_numpy_and_other_steps_run_keras_own_train
 
 def test_logged_update_norms_under_mixed_float16_match_numpy(tmp_path, monkeypatch):
     """``mixed_float16`` (a LossScaleOptimizer, float32 weights): the same NumPy check."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    keras.config.set_dtype_policy("mixed_float16")
-    rng = np.random.default_rng(8)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=8)
+    keras.config.set_dtype_policy("mixed_float16")  # back to float32 after every test (conftest)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
                               keras.layers.Dense(3, dtype="float32")])
@@ -605,11 +597,7 @@ def test_several_steps_per_call_log_the_step_that_logs_inside_the_call(tmp_path,
     """``steps_per_execution=2``, logging every 3 steps: steps 3 and 9 are the first of their call, yet
     their update norms (not the call's) are logged, equal to NumPy's from the weights around each step
     of the same fit run one step per call (SGD, no shuffling: the same steps)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rng = np.random.default_rng(9)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=9)
 
     def fit(steps_per_execution, callbacks):
         keras.utils.set_random_seed(0)
