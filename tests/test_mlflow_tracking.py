@@ -540,24 +540,25 @@ def _check_update_norms(client, run_id, weights, steps):
     assert min(want) > 0, "the steps moved the weights"
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("setup", ["one device", "two replicas", "XLA"])
 def test_logged_step_telemetry_matches_numpy_and_other_steps_run_keras_own_train_function(
-        tmp_path, monkeypatch, replicas):
-    """Adam on a decaying learning rate, one device and MirroredStrategy: each logged step's update norm
-    and ratio equal NumPy's from the weights read before and after that step, its learning rate is the
-    schedule's at that step (closed form), and only logging steps run the logging train function."""
+        tmp_path, monkeypatch, setup):
+    """Adam on a decaying learning rate, on one device, under MirroredStrategy and compiled by XLA: each
+    logged step's update norm and ratio equal NumPy's from the weights read before and after that step,
+    its learning rate is the schedule's at that step (closed form), and only logging steps run the
+    logging train function."""
     import tensorflow as tf
 
     from conftest import mirrored_strategy
 
     x, y = _regression_in(tmp_path, monkeypatch, seed=7)
     keras.utils.set_random_seed(0)
-    strategy = mirrored_strategy() if replicas == 2 else tf.distribute.get_strategy()
+    strategy = mirrored_strategy() if setup == "two replicas" else tf.distribute.get_strategy()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=4, decay_rate=0.5)
     with strategy.scope():
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
                                   keras.layers.Dense(3)])
-        model.compile(keras.optimizers.Adam(schedule), "mse")
+        model.compile(keras.optimizers.Adam(schedule), "mse", jit_compile=setup == "XLA")
     tracking = MLflowTracking(experiment="telemetry", log_every_n_steps=3, log_model=False)
     weights = _WeightsAroundEachStep()
     model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[tracking, weights])  # 12 steps
