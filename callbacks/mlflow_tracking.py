@@ -30,6 +30,8 @@ from keras_optsuite.callbacks._run_target import Target as _Target
 from keras_optsuite.callbacks._run_target import logged_steps as _logged_steps
 from keras_optsuite.callbacks._run_target import resolve_target
 from keras_optsuite.callbacks._sink import Sink
+from keras_optsuite.callbacks._step_telemetry import StepTelemetry
+from keras_optsuite.callbacks._step_telemetry import metrics as step_metrics
 from keras_optsuite.callbacks._store import (
     default_journal_path,
     fail_fast_http,
@@ -243,9 +245,13 @@ class MLflowTracking(keras.callbacks.Callback):
         self._last_steps: dict[str, int] = {}
         self._resumes = 0
         self._best_step = 0
-        self._gradient_norm: Any = None
+        # The learning rate, norms and counters of logging steps, computed in the compiled step
+        # (callbacks/_step_telemetry.py); None without an optimizer.
+        self._telemetry: StepTelemetry | None = None
+        self._swapped = False  # the logging train function runs this batch
+        self._recorded_through = -1  # the last step whose record was read
         # The optimizer step is counted in Python between reads of the device counter (one per
-        # epoch, plus one per logged step): steps that log nothing cost no round trip.
+        # epoch, plus the one telemetry read per logged step): steps that log nothing cost no round trip.
         self._steps_before_epoch: int | None = None
         self._client: Any = None
         self._sink: Sink | None = None
@@ -255,11 +261,9 @@ class MLflowTracking(keras.callbacks.Callback):
         self._best: float | None = None
         self._directory: Path | None = None
         self._temporary: tempfile.TemporaryDirectory | None = None
-        self._snapshot: list[np.ndarray] | None = None
         # Without a backup_dir the best epoch's weights and optimizer state wait in memory and
         # best.keras is written once, when the run ends (however it ends, hooks included).
         self._best_state: tuple[list[np.ndarray], list[np.ndarray]] | None = None
-        self._learning_rate_at_step: float | None = None
         # Process-wide on purpose, and only while a run is open (installed
         # when it starts, removed when it ends).
         self._process_hooks = ProcessHooks(self._on_uncaught, self._at_exit, self._on_sigterm)
@@ -289,7 +293,7 @@ class MLflowTracking(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self._active:  # a run left open by an earlier fit that raised
             self._end("FAILED", self._failure or "training stopped without reaching on_train_end")
-        self._install_gradient_norm_probe()  # on every worker: the same graph everywhere
+        self._install_telemetry()  # on every worker: the same graphs everywhere
         if not is_chief():
             self._active = False
             return
@@ -300,7 +304,6 @@ class MLflowTracking(keras.callbacks.Callback):
         self._ended = False
         self._history, self._best, self._best_step = [], None, 0
         self._last_steps, self._resumes = {}, 0
-        self._steps_before_epoch = None  # BackupAndRestore may restore the counter after this
         self._best_state = None
         self._run_id = self._creation = None
         self._experiment_id = target.experiment_id
@@ -483,25 +486,30 @@ class MLflowTracking(keras.callbacks.Callback):
             "create_run": self._creation if is_pending_run_id(run_id) else None,
         })  # fmt: skip
 
-    def _install_gradient_norm_probe(self) -> None:
-        from keras_optsuite.optimizers._telemetry import gradient_norm_probe
-
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
+    def _install_telemetry(self) -> None:
+        self._steps_before_epoch = None  # BackupAndRestore may restore the counter after this
+        self._swapped, self._recorded_through = False, -1
+        if getattr(self.model, "optimizer", None) is None:
+            self._telemetry = None
             return
-        self._gradient_norm, new = gradient_norm_probe(
-            optimizer, self.model.distribute_strategy, period=self.log_every_n_steps
-        )
-        if new:  # the step computes the norm now: trace it again
-            self.model.make_train_function(force=True)
+        self._telemetry = StepTelemetry.of(self.model, self.log_every_n_steps)
+        self._telemetry.reset()
+
+    def _swap_out(self) -> None:
+        """Keras's own train function back in the model, whatever happened during the step."""
+        self._swapped = False
+        if self._telemetry is not None:
+            self._telemetry.swap_out(self.model)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self._swap_out()
         if self._active and not self._ended:
             self._end("FINISHED")
 
     def _end(self, status: str, failure: str | None = None) -> None:
         """Log the artifacts, end the run with ``status``, flush (bounded)."""
         self._ended, self._active = True, False
+        self._swap_out()
         self._process_hooks.remove()
         try:
             if is_pending_run_id(self.run_id):
@@ -563,7 +571,7 @@ class MLflowTracking(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         # The first epoch reads the counter after every on_train_begin (BackupAndRestore has restored
         # it by then); the next ones start where the last epoch's end read it.
-        if self._active and self._steps_before_epoch is None:
+        if self._telemetry is not None and self._steps_before_epoch is None:
             self._steps_before_epoch = self._iterations()
 
     def _counted_step(self, batch: int) -> int:
@@ -573,38 +581,46 @@ class MLflowTracking(keras.callbacks.Callback):
         return self._steps_before_epoch + batch + 1
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if not self._active or not self._logging_step(self._counted_step(batch)):
+        # On every worker (not only the one that logs): all run the same train functions.
+        if self._telemetry is None:
             return
-        self._learning_rate_at_step = _learning_rate(self.model.optimizer)
-        self._snapshot = [_host_copy(w) for w in self.model.trainable_weights]
+        first = self._counted_step(batch)
+        last = first + max(int(getattr(self.model, "steps_per_execution", 1) or 1), 1) - 1
+        if last // self.log_every_n_steps > (first - 1) // self.log_every_n_steps:  # a step that logs
+            self._telemetry.swap_in(self.model)
+            self._swapped = True
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if not self._active or not self._logging_step(self._counted_step(batch)):
+        if not self._swapped:
             return
-        # A step that did not move the counter (a loss-scale optimizer skipping a non-finite
-        # step) shifts the count: the device's counter is read at every step that logs.
-        step = self._iterations()
-        self._steps_before_epoch = step - batch - 1
-        if not self._logging_step(step):
-            self._snapshot = None
+        self._swap_out()
+        record = self._telemetry.read()  # one transfer: the counter and the logging step's values
+        recorded = record["step"]
+        if np.isfinite(recorded) and recorded > self._recorded_through:
+            step = self._recorded_through = int(recorded)
+            iterations = int(record["iterations"])
+        else:
+            # No step of this call logs: a loss-scale optimizer skipped a non-finite step, so the
+            # counter did not move and the Python count is one ahead (or the logging function did
+            # not run: a callback replaced the train function). The device counter says.
+            step = iterations = self._iterations()
+            record = None
+        self._steps_before_epoch = iterations - batch - 1
+        if not self._active or not self._logging_step(step):
             return
         values = {f"batch.{key}": value for key, value in (logs or {}).items()}
-        if self._learning_rate_at_step is not None:
-            values["learning_rate"] = self._learning_rate_at_step
-        if self._snapshot is not None:
-            values.update(_update_norms(self._snapshot, self.model.trainable_weights))
-            self._snapshot = None
-        gradient_norm = self._gradient_norm.value if self._gradient_norm is not None else float("nan")
-        if np.isfinite(gradient_norm):
-            values["gradient_norm"] = gradient_norm
-        values.update(_optimizer_telemetry(self.model.optimizer))
+        if record is not None:
+            values.update(step_metrics(record))
+        values.update(_estimated_step_size(self.model.optimizer))
         self._log_metrics(values, step)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._telemetry is not None:
+            self._steps_before_epoch = self._iterations()
         if not self._active:
             return
         logs = dict(logs or {})
-        step = self._steps_before_epoch = self._iterations()
+        step = self._steps_before_epoch if self._steps_before_epoch is not None else self._iterations()
         completed = epoch + 1  # Keras's "Epoch 1/n" ends here
         if all(row["epoch"] != completed for row in self._history):  # a resumed job may redo an epoch
             self._history.append({"epoch": completed, "step": step, **{k: float(v) for k, v in logs.items()}})
@@ -810,13 +826,6 @@ class MLflowTracking(keras.callbacks.Callback):
             self._end("KILLED")
 
 
-def _learning_rate(optimizer: Any) -> float | None:
-    try:
-        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
 def _host_copy(variable: Any) -> np.ndarray:
     """The variable's value now, as a NumPy array later assignments do not change.
 
@@ -828,21 +837,8 @@ def _host_copy(variable: Any) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.array(value)
 
 
-def _update_norms(before: list[np.ndarray], weights: list[Any]) -> dict[str, float]:
-    update = size = 0.0
-    # Sums of squares accumulated in float64 by einsum's own loop: np.dot would hand float64 vectors to
-    # a multithreaded BLAS, 10-50x slower on a busy 2-core machine. The change of one step is exact in
-    # the weights' dtype where the old and new values are within a factor 2 of each other (Sterbenz).
-    for old, weight in zip(before, weights):
-        old = old.ravel()
-        change = _host_copy(weight).ravel() - old
-        update += float(np.einsum("i,i->", change, change, dtype=np.float64))
-        size += float(np.einsum("i,i->", old, old, dtype=np.float64))
-    norm = float(np.sqrt(update))
-    return {"update_norm": norm, "update_to_weight_ratio": norm / np.sqrt(size) if size > 0 else 0.0}
-
-
-def _optimizer_telemetry(optimizer: Any) -> dict[str, float]:
+def _estimated_step_size(optimizer: Any) -> dict[str, float]:
+    """The step size of a learning-rate-free optimizer (read on the host: the optimizer computes it there)."""
     from keras_optsuite.optimizers._base import LearningRateFree
     from keras_optsuite.optimizers._wrapper import iter_optimizers
 
@@ -850,9 +846,6 @@ def _optimizer_telemetry(optimizer: Any) -> dict[str, float]:
     for inner in iter_optimizers(optimizer):
         if isinstance(inner, LearningRateFree):
             values["estimated_step_size"] = float(inner.estimated_step_size)
-        skipped = getattr(inner, "skipped_steps", None)
-        if skipped is not None and not callable(skipped):
-            values["skipped_steps"] = float(keras.ops.convert_to_numpy(skipped))
     return values
 
 

@@ -445,6 +445,14 @@ def test_a_job_started_offline_resumes_the_same_run_offline_and_online(tmp_path,
 # -- the gradient norm ---------------------------------------------------------------
 
 
+def _regression_in(tmp_path, monkeypatch, seed):
+    """64 rows of 5 inputs and 3 targets, with the embedded store in ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(64, 5)).astype("float32"), rng.normal(size=(64, 3)).astype("float32")
+
+
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch, replicas):
     """Closed form: MSE of a linear model; SGD(0) keeps the weights, so every step's gradient is known."""
@@ -452,11 +460,7 @@ def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch,
 
     from conftest import mirrored_strategy
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=3)
     strategy = (mirrored_strategy()
                 if replicas == 2 else tf.distribute.get_strategy())
     with strategy.scope():
@@ -476,11 +480,7 @@ def test_gradient_norm_is_the_norm_of_the_global_gradient(tmp_path, monkeypatch,
 def test_update_norm_is_the_learning_rate_times_the_gradient_norm_for_sgd(tmp_path, monkeypatch):
     """Closed form: plain SGD moves the weights by ``learning_rate * gradient``, so on every logged step
     ``update_norm = learning_rate * gradient_norm`` and the ratio divides by the weights' norm before it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = rng.normal(size=(64, 3)).astype("float32")
+    x, y = _regression_in(tmp_path, monkeypatch, seed=5)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     model.compile(keras.optimizers.SGD(0.1), "mse")
@@ -505,6 +505,113 @@ def test_update_norm_is_the_learning_rate_times_the_gradient_norm_for_sgd(tmp_pa
     np.testing.assert_allclose([v for _, v in update_norm], [0.1 * v for _, v in gradient_norm], rtol=1e-4)
     np.testing.assert_allclose([v for _, v in ratio],
                                [v / np.linalg.norm(weights.before[step]) for step, v in update_norm], rtol=1e-6)
+
+
+class _WeightsAroundEachStep(keras.callbacks.Callback):
+    """Every step's weights before and after it, read on the host, and the train function that ran it.
+
+    Independent of the tracking: NumPy copies through ``get_weights`` at every step. Put it after the
+    tracking callback, which chooses the train function in its own ``on_train_batch_begin``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.before, self.after, self.functions = {}, {}, {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._weights = np.concatenate([w.ravel() for w in self.model.get_weights()]).astype(np.float64)
+        self._function = self.model.train_function
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.before[step], self.functions[step] = self._weights, self._function
+        self.after[step] = np.concatenate([w.ravel() for w in self.model.get_weights()]).astype(np.float64)
+
+
+def _check_update_norms(client, run_id, weights, steps):
+    """``update_norm`` and ``update_to_weight_ratio`` against NumPy in float64 from the weights around each step."""
+    update_norm = _metric(client, run_id, "update_norm")
+    ratio = _metric(client, run_id, "update_to_weight_ratio")
+    assert [step for step, _ in update_norm] == steps == [step for step, _ in ratio]
+    want = [np.linalg.norm(weights.after[step] - weights.before[step]) for step in steps]
+    np.testing.assert_allclose([v for _, v in update_norm], want, rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in ratio], [w / np.linalg.norm(weights.before[step])
+                                                      for w, step in zip(want, steps)], rtol=1e-6)
+    assert min(want) > 0, "the steps moved the weights"
+
+
+@pytest.mark.parametrize("setup", ["one device", "two replicas", "XLA"])
+def test_logged_step_telemetry_matches_numpy_and_other_steps_run_keras_own_train_function(
+        tmp_path, monkeypatch, setup):
+    """Adam on a decaying learning rate, on one device, under MirroredStrategy and compiled by XLA: each
+    logged step's update norm and ratio equal NumPy's from the weights read before and after that step,
+    its learning rate is the schedule's at that step (closed form), and only logging steps run the
+    logging train function."""
+    import tensorflow as tf
+
+    from conftest import mirrored_strategy
+
+    x, y = _regression_in(tmp_path, monkeypatch, seed=7)
+    keras.utils.set_random_seed(0)
+    strategy = mirrored_strategy() if setup == "two replicas" else tf.distribute.get_strategy()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=4, decay_rate=0.5)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
+                                  keras.layers.Dense(3)])
+        model.compile(keras.optimizers.Adam(schedule), "mse", jit_compile=setup == "XLA")
+    tracking = MLflowTracking(experiment="telemetry", log_every_n_steps=3, log_model=False)
+    weights = _WeightsAroundEachStep()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[tracking, weights])  # 12 steps
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    logged = [3, 6, 9, 12]
+    _check_update_norms(client, tracking.run_id, weights, logged)
+    learning_rate = _metric(client, tracking.run_id, "learning_rate")
+    assert [step for step, _ in learning_rate] == logged
+    np.testing.assert_allclose([v for _, v in learning_rate], [0.05 * 0.5 ** ((s - 1) / 4) for s in logged],
+                               rtol=1e-6)
+    assert [step for step, _ in _metric(client, tracking.run_id, "gradient_norm")] == logged
+    keras_own = model.train_function
+    assert all(weights.functions[step] is keras_own for step in weights.functions if step not in logged)
+    assert all(weights.functions[step] is not keras_own for step in logged)
+
+
+def test_logged_update_norms_under_mixed_float16_match_numpy(tmp_path, monkeypatch):
+    """``mixed_float16`` (a LossScaleOptimizer, float32 weights): the same NumPy check."""
+    x, y = _regression_in(tmp_path, monkeypatch, seed=8)
+    keras.config.set_dtype_policy("mixed_float16")  # back to float32 after every test (conftest)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(3, dtype="float32")])
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    tracking = MLflowTracking(experiment="telemetry", log_every_n_steps=2, log_model=False)
+    weights = _WeightsAroundEachStep()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[tracking, weights])  # 8 steps
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    _check_update_norms(client, tracking.run_id, weights, [2, 4, 6, 8])
+    gradient_norm = _metric(client, tracking.run_id, "gradient_norm")
+    assert [step for step, _ in gradient_norm] == [2, 4, 6, 8]
+    assert all(np.isfinite(v) and v > 0 for _, v in gradient_norm), "unscaled: not NaN, not 0"
+
+
+def test_several_steps_per_call_log_the_step_that_logs_inside_the_call(tmp_path, monkeypatch):
+    """``steps_per_execution=2``, logging every 3 steps: steps 3 and 9 are the first of their call, yet
+    their update norms (not the call's) are logged, equal to NumPy's from the weights around each step
+    of the same fit run one step per call (SGD, no shuffling: the same steps)."""
+    x, y = _regression_in(tmp_path, monkeypatch, seed=9)
+
+    def fit(steps_per_execution, callbacks):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+        model.compile(keras.optimizers.SGD(0.1), "mse", steps_per_execution=steps_per_execution)
+        model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False, callbacks=callbacks)
+
+    weights = _WeightsAroundEachStep()
+    fit(1, [weights])
+    tracking = MLflowTracking(experiment="telemetry", log_every_n_steps=3, log_model=False)
+    fit(2, [tracking])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    _check_update_norms(client, tracking.run_id, weights, [3, 6, 9, 12])
 
 
 def test_the_best_model_is_the_best_epochs_and_the_model_keeps_its_final_weights(digits, tmp_path, monkeypatch):

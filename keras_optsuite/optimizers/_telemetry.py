@@ -7,8 +7,9 @@ by the outermost keras-optsuite wrapper, or by the optimizer itself in its
 update step). That sum is the one place where the gradient the optimizer
 steps with exists in full, on every replica, so the probe sits there: it
 wraps that method on the one optimizer that sums, computes the L2 norm of
-the summed gradient every ``period``-th step, and stores it in a variable
-the tracking callback reads.
+the summed gradient in the step functions traced while it captures (the
+tracking callback's logging step), and stores it in a variable read with
+the rest of that step's telemetry.
 
 What the norm is of: the gradient the optimizer receives, after Keras's
 ``clipnorm``/``clipvalue`` (which Keras applies per replica, before the sum)
@@ -18,7 +19,8 @@ gradients with their duplicate rows summed.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import keras
 import tensorflow as tf
@@ -48,48 +50,47 @@ def _summing_optimizer(optimizer: Any) -> Any | None:
 
 
 class GradientNormProbe:
-    """The global gradient norm of every ``period``-th step of ``optimizer``.
+    """The global gradient norm of the steps traced while :meth:`capturing`.
 
     Use :func:`gradient_norm_probe` (which installs at most one probe per
-    optimizer); read :attr:`value` after a step whose 1-based number
-    (``optimizer.iterations`` after the step) is a multiple of ``period``.
-    Other steps store NaN, so a stale value is never mistaken for a new one.
+    optimizer). The probe adds nothing to a training step traced outside
+    :meth:`capturing`: Keras's own train function is unchanged, and only a
+    step function that captures (the tracking callback's logging step)
+    computes the norm and stores it in :attr:`variable`.
     """
 
     def __init__(self, optimizer: Any, target: Any, strategy: Any) -> None:
         self.optimizer = optimizer
+        # A count, not a flag: under MirroredStrategy every replica's thread enters the capturing
+        # step function before any of them leaves it (they meet at the gradient sum).
+        self._capturing = 0
         with strategy.scope():
             # Every replica computes the same norm from the summed gradient.
             self.variable = keras.Variable(
                 float("nan"), dtype="float32", trainable=False,
                 aggregation="only_first_replica", name="gradient_norm_probe",
             )  # fmt: skip
-            self.period = keras.Variable(
-                1, dtype="int64", trainable=False,
-                aggregation="only_first_replica", name="gradient_norm_period",
-            )  # fmt: skip
 
         def probe(pairs: list) -> None:
-            step = ops.cast(self.optimizer.iterations, "int64") + 1
-            gradients = [g for g, _ in pairs if g is not None]
-            self.variable.assign(
-                ops.cond(
-                    ops.equal(step % self.period, 0),
-                    lambda: _global_norm(gradients),
-                    lambda: ops.cast(float("nan"), "float32"),
-                )
-            )
+            if self._capturing:  # read when the step is traced (or run eagerly), not at every step
+                self.variable.assign(_global_norm([g for g, _ in pairs if g is not None]))
 
         # Chained onto the bound method, or a wrapper's override.
         listen_to_gradient_sum(target, probe)
 
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Steps traced (or run eagerly) inside store their global gradient norm in :attr:`variable`."""
+        self._capturing += 1
+        try:
+            yield
+        finally:
+            self._capturing -= 1
+
     @property
     def value(self) -> float:
-        """The norm stored by the last step (NaN if that step was not probed)."""
+        """The norm stored by the last capturing step (NaN before any)."""
         return float(keras.ops.convert_to_numpy(self.variable))
-
-    def set_period(self, period: int) -> None:
-        self.period.assign(int(period))
 
 
 def _global_norm(gradients: list) -> Any:
@@ -106,29 +107,24 @@ def _values(gradient: Any) -> Any:
     return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
-def gradient_norm_probe(
-    optimizer: Any, strategy: Any, period: int = 1
-) -> tuple[GradientNormProbe | None, bool]:
-    """The probe of ``optimizer`` (installed on first use) and whether it is new.
+def gradient_norm_probe(optimizer: Any, strategy: Any) -> GradientNormProbe | None:
+    """The probe of ``optimizer``, installed on first use.
 
-    A new probe changes what the training step computes: a ``train_function``
-    traced before must be rebuilt (``model.make_train_function(force=True)``).
-    Returns ``(None, False)`` for optimizers with no single summation point
-    (``MultiOptimizer``).
+    Installing it changes no train function already traced or traced later
+    outside :meth:`GradientNormProbe.capturing`. None for optimizers with
+    no single summation point (``MultiOptimizer``).
 
     Example:
-    >>> probe, new = gradient_norm_probe(model.optimizer, model.distribute_strategy, period=10)
-    >>> if new:
-    ...     model.make_train_function(force=True)
+    >>> probe = gradient_norm_probe(model.optimizer, model.distribute_strategy)
+    >>> with probe.capturing():
+    ...     logs = model.train_step(data)  # inside a tf.function: stores the norm in probe.variable
     """
     existing = optimizer.__dict__.get(_ATTRIBUTE)
     if existing is not None:
-        existing.set_period(period)
-        return existing, False
+        return existing
     target = _summing_optimizer(optimizer)
     if target is None:
-        return None, False
+        return None
     probe = GradientNormProbe(optimizer, target, strategy)
-    probe.set_period(period)
     optimizer.__dict__[_ATTRIBUTE] = probe
-    return probe, True
+    return probe
