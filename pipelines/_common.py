@@ -105,12 +105,13 @@ class Context:
 
 
 def context(config: Mapping[str, Any], command: str, metric_key: str | None = None,
-            output_root: Path = OUTPUT_ROOT) -> Context:
-    """Resolve the config of ``command``: data loaded and split, store and experiment named."""
+            output_root: Path = OUTPUT_ROOT, data: Data | None = None) -> Context:
+    """Resolve the config of ``command``: data loaded and split (unless given), store and experiment named."""
     from keras_optsuite.callbacks._store import resolve_tracking_uri
 
     name = config["_source"]["name"]
-    data = load_data(config, reconstruction=is_autoencoder(config))
+    if data is None:
+        data = load_data(config, reconstruction=is_autoencoder(config))
     metric = (config[metric_key]["metric"] if metric_key else None) or default_metric(data)
     if not metric.startswith("val_"):
         raise ConfigError(f"{metric_key}.metric = {metric!r}: the score is a validation metric (val_...)")

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -257,3 +259,30 @@ def load_data(config: Mapping[str, Mapping[str, Any]], reconstruction: bool = Fa
         y_train, y_val, y_test = x_train, x_val, x_test
     parts = [np.ascontiguousarray(part, dtype=part.dtype) for part in (x_train, y_train, x_val, y_val, x_test, y_test)]
     return Data(name, task, classes, *parts)
+
+
+_PARTS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def save_data(data: Data, path: Path) -> None:
+    """Write ``data`` (split and scaled) to ``path`` (``.npz``) for :func:`read_data` in another process.
+
+    A search on worker processes hands its data over this way: each process
+    trains on exactly the rows the parent split (a ``data.function`` that is
+    slow, or not deterministic, runs once).
+    """
+    from keras_optsuite.callbacks._durable import replace_file
+
+    buffer = io.BytesIO()
+    np.savez(buffer, name=np.array(data.name), task=np.array(data.task),
+             classes=np.array(-1 if data.classes is None else data.classes),
+             **{part: getattr(data, part) for part in _PARTS})  # fmt: skip
+    replace_file(path, buffer.getvalue())
+
+
+def read_data(path: Path) -> Data:
+    """The :class:`Data` :func:`save_data` wrote to ``path``."""
+    with np.load(path, allow_pickle=False) as saved:
+        classes = int(saved["classes"])
+        return Data(str(saved["name"]), str(saved["task"]), None if classes < 0 else classes,
+                    *(saved[part] for part in _PARTS))

@@ -20,6 +20,7 @@ import keras
 
 from keras_optsuite.pipelines._common import OUTPUT_ROOT, Contestant, Context, context, parse_contestant
 from keras_optsuite.pipelines._unattended import PipelineLock, Progress, Slot, say
+from keras_optsuite.pipelines.data import read_data, save_data
 from keras_optsuite.tuning import OptimizerHyperModel
 
 PRUNING_WARMUP_EPOCHS = 2
@@ -87,8 +88,9 @@ def run_search(ctx: Context, section: Mapping[str, Any], contestants: Sequence[C
     With ``workers`` > 0 the search runs on Keras Tuner's distributed
     engine: a chief process (the oracle) and ``workers`` worker processes
     started by :func:`keras_optsuite.distribute.launch_search`, each
-    rebuilding this search from the config (the data split is the same in
-    every process: it depends on the first seed only); their output is
+    rebuilding this search from the config and training on the data this
+    process split, handed over in the search's directory (``data.npz``:
+    ``data.function`` runs once); their output is
     prefixed ``[tuner i]`` on stderr. The tuner returned is then reloaded
     here from the shared directory: its oracle holds every worker's trials.
     ``resume`` keeps what an interrupted search left in ``directory``.
@@ -124,10 +126,12 @@ def _search_on_workers(ctx: Context, section: Mapping[str, Any], contestants: Se
         shutil.rmtree(project_dir, ignore_errors=True)  # what overwrite=True does, before any process starts
     project_dir.mkdir(parents=True, exist_ok=True)
     spec = project_dir / "search_task.json"
+    data = project_dir / "data.npz"  # every process trains on these rows: data.function runs once, here
+    save_data(ctx.data, data)
     spec.write_text(json.dumps({
         "config": ctx.config, "command": ctx.command, "section": dict(section),
         "contestants": [c.label for c in contestants], "parent_run_id": parent_run_id,
-        "settings": settings,
+        "settings": settings, "data": str(data),
     }, default=str))  # the directory (a Path) as a string
     lines: collections.deque[str] = collections.deque(maxlen=40)
     log_path = project_dir / "search.log"
@@ -170,7 +174,7 @@ def run_search_task(spec_path: str) -> None:
     """One process of :func:`run_search` with workers: the chief or a worker, by ``KERASTUNER_TUNER_ID``."""
     spec = json.loads(Path(spec_path).read_text())
     settings = spec["settings"]
-    ctx = context(spec["config"], spec["command"], spec["command"])
+    ctx = context(spec["config"], spec["command"], spec["command"], data=read_data(Path(spec["data"])))
     contestants = [parse_contestant(label, f"{spec['command']}.optimizers") for label in spec["contestants"]]
     settings["directory"] = Path(settings["directory"])
     role = os.environ.get("KERASTUNER_TUNER_ID", "?")

@@ -28,3 +28,12 @@ def endless_blobs():
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices(blobs()).repeat()
+
+
+def counted_blobs():
+    """:func:`blobs`, each call recorded as a line (the process id) in the file ``$OPTSUITE_TEST_DATA_CALLS``."""
+    import os
+
+    with open(os.environ["OPTSUITE_TEST_DATA_CALLS"], "a") as calls:
+        calls.write(f"{os.getpid()}\n")
+    return blobs()

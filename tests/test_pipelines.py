@@ -7,6 +7,7 @@ the leaderboard are checked against the MLflow child runs they summarize.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -24,6 +25,7 @@ import pytest
 from keras_optsuite.pipelines import compare, promote, train
 from keras_optsuite.pipelines._unattended import PipelineLock
 from keras_optsuite.pipelines.config import ConfigError, load_config
+from keras_optsuite.pipelines.data import read_data, save_data
 
 pytestmark = pytest.mark.xdist_group("pipelines")  # one server for the module
 
@@ -131,6 +133,14 @@ def test_user_data_as_arrays_or_a_tf_data_dataset_gives_the_same_split_and_a_use
     for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(dataset, part), getattr(arrays, part), err_msg=part)
     assert sum(arrays.sizes().values()) == 200
+    # handed to a search's worker processes as a file: the same rows, dtypes and description
+    for data in (arrays, dataclasses.replace(arrays, task="reconstruction", classes=None)):
+        save_data(data, tmp_path / "data.npz")
+        read = read_data(tmp_path / "data.npz")
+        assert (read.name, read.task, read.classes) == (data.name, data.task, data.classes)
+        for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            np.testing.assert_array_equal(getattr(read, part), getattr(data, part), err_msg=part)
+            assert getattr(read, part).dtype == getattr(data, part).dtype
     with pytest.raises(ConfigError, match="infinite tf.data.Dataset"):
         context(load_config(_config(tmp_path), ["data.function='pipeline_functions:endless_blobs'"]), "train")
     config = load_config(_config(tmp_path), ["data.function='pipeline_functions:blobs_dataset'",
@@ -466,9 +476,14 @@ def test_tune_and_compare_against_a_real_server(tmp_path, monkeypatch, mlflow_se
 def test_compare_tunes_on_worker_processes_and_the_seed_run_reproduces_the_best_trial(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    calls = tmp_path / "data_calls"
+    monkeypatch.setenv("OPTSUITE_TEST_DATA_CALLS", str(calls))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     path = _config(tmp_path, experiment="bake-off-workers", name="workers")
-    config = load_config(path, ["compare.optimizers=['Adam']", "training.seeds=[0]", "compare.trials=3"])
+    config = load_config(path, ["compare.optimizers=['Adam']", "training.seeds=[0]", "compare.trials=3",
+                                "data.function='pipeline_functions:counted_blobs'"])
     summary = compare.run_compare(config, quiet=True, output_root=tmp_path / "outputs", workers=2)
+    assert calls.read_text().split() == [str(os.getpid())], "the workers train on this process's rows"
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     (search,) = _children(client, summary["parent_run_id"])
     below = _children(client, search.info.run_id)
