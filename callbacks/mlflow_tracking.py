@@ -615,12 +615,13 @@ class MLflowTracking(keras.callbacks.Callback):
         self._log_metrics(values, step)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self._telemetry is not None:
-            self._steps_before_epoch = self._iterations()
+        if self._telemetry is None and not self._active:
+            return
+        # The counter, read once: the next epoch's batches are counted from it.
+        step = self._steps_before_epoch = self._iterations()
         if not self._active:
             return
         logs = dict(logs or {})
-        step = self._steps_before_epoch if self._steps_before_epoch is not None else self._iterations()
         completed = epoch + 1  # Keras's "Epoch 1/n" ends here
         if all(row["epoch"] != completed for row in self._history):  # a resumed job may redo an epoch
             self._history.append({"epoch": completed, "step": step, **{k: float(v) for k, v in logs.items()}})

@@ -87,11 +87,6 @@ class GradientNormProbe:
         finally:
             self._capturing -= 1
 
-    @property
-    def value(self) -> float:
-        """The norm stored by the last capturing step (NaN before any)."""
-        return float(keras.ops.convert_to_numpy(self.variable))
-
 
 def _global_norm(gradients: list) -> Any:
     if not gradients:
